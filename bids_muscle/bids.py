@@ -1,0 +1,467 @@
+"""Everything that knows BIDS naming: input queries, derivative names, sidecars.
+
+Inputs are found with pybids per participant, session and region. The region
+(``thigh`` or ``calf``) comes from the ``acq-`` entity. Outputs follow the
+BIDS-derivatives layout described in ``docs/outputs.md``; every image is
+written with a JSON sidecar holding ``Sources`` as BIDS URIs, and all writes
+are atomic (temporary name, then rename) so an interrupted run never leaves a
+half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+from bids.layout import Query
+
+from bids_muscle import __version__
+
+REGIONS = ("thigh", "calf")
+
+#: BIDS entity order used to build file names (subset relevant here).
+ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run", "echo", "flip", "mt", "part", "desc")
+LONG_TO_SHORT = {
+    "subject": "sub",
+    "session": "ses",
+    "acquisition": "acq",
+    "reconstruction": "rec",
+    "run": "run",
+    "echo": "echo",
+    "flip": "flip",
+    "mt": "mt",
+    "part": "part",
+    "desc": "desc",
+}
+
+#: Suffixes written by bids_muscle that BIDS does not define.
+CUSTOM_SUFFIXES = ("FFmap", "biomarkers", "slices", "fieldmap")
+
+#: Every ``desc-`` value the app writes, with what it means.
+DESCRIPTIONS = {
+    "water": "Water component of a two-component (water + fat) EPG fit of the multi-echo spin echo",
+    "epg": "Estimated by EPG dictionary matching of the multi-echo spin echo",
+    "mese": "Fat fraction from the two-component EPG fit of the multi-echo spin echo",
+    "dixon": "Fat fraction from water-fat separation of a multi-echo gradient echo (Dixon)",
+    "monoexp": "Mono-exponential fit of the multi-echo spin echo",
+    "n4": "Bias-field corrected with N4 (SimpleITK)",
+    "muscleregion": "Muscle region: everything inside the fascia except bone (muscles and intramuscular fat)",
+    "imat": "Intramuscular adipose tissue inside the muscle region",
+    "b0": "Off-resonance field map in Hz from water-fat separation",
+}
+
+
+class InputError(ValueError):
+    """Bad or inconsistent input; the message names the file and the problem."""
+
+
+# ---------------------------------------------------------------- names
+
+
+def build_name(entities: dict, suffix: str, extension: str = ".nii.gz") -> str:
+    """File name from short entity keys in BIDS order, e.g. ``sub-01_acq-thigh_T2map.nii.gz``."""
+    parts = []
+    for key in ENTITY_ORDER:
+        value = entities.get(key)
+        if value not in (None, ""):
+            parts.append(f"{key}-{value}")
+    return "_".join(parts + [suffix]) + extension
+
+
+def subject_dir(out_dir: Path, sub: str, ses: str | None) -> Path:
+    path = Path(out_dir) / f"sub-{sub}"
+    if ses:
+        path = path / f"ses-{ses}"
+    return path / "anat"
+
+
+def derivative_path(out_dir: Path, entities: dict, suffix: str, extension: str = ".nii.gz") -> Path:
+    """Where a derivative of ``entities`` (short keys) goes under ``out_dir``."""
+    return subject_dir(out_dir, entities["sub"], entities.get("ses")) / build_name(entities, suffix, extension)
+
+
+def bids_uri(path: Path, dataset_root: Path, dataset_name: str = "raw") -> str:
+    """BIDS URI ``bids:<name>:<relative path>`` of a file inside a dataset."""
+    rel = Path(path).resolve().relative_to(Path(dataset_root).resolve())
+    return f"bids:{dataset_name}:{rel.as_posix()}"
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def save_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray, header=None) -> Path:
+    """Save an array as NIfTI through a temporary file and an atomic rename."""
+    path = Path(path)
+    img = nb.Nifti1Image(np.asarray(data), affine, header)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    tmp = _atomic_target(path)
+    try:
+        nb.save(img, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_derivative_image(
+    out_dir: Path,
+    entities: dict,
+    suffix: str,
+    data: np.ndarray,
+    affine: np.ndarray,
+    sources: list[str],
+    metadata: dict,
+) -> Path:
+    """Write one derivative image and its JSON sidecar (``Sources`` + metadata)."""
+    path = derivative_path(out_dir, entities, suffix)
+    save_nifti_atomic(path, data, affine)
+    sidecar = {"Sources": list(sources), **metadata}
+    write_json_atomic(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
+    return path
+
+
+def dataset_description(name: str, bids_dir: Path | None, container: dict | None = None) -> dict:
+    desc = {
+        "Name": name,
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [
+            {
+                "Name": "bids_muscle",
+                "Version": __version__,
+                "CodeURL": "https://github.com/bids-muscle/bids_muscle",
+            }
+        ],
+        "HowToAcknowledge": "Cite bids_muscle and the methods listed in the participant reports.",
+    }
+    if container:
+        desc["GeneratedBy"][0]["Container"] = container
+    if bids_dir is not None:
+        desc["DatasetLinks"] = {"raw": Path(bids_dir).resolve().as_uri()}
+    return desc
+
+
+def container_info() -> dict | None:
+    """Container type and tag when running inside Docker or Singularity/Apptainer."""
+    if os.environ.get("SINGULARITY_NAME") or os.environ.get("APPTAINER_NAME"):
+        return {"Type": "singularity", "Tag": os.environ.get("SINGULARITY_NAME") or os.environ.get("APPTAINER_NAME")}
+    if Path("/.dockerenv").exists():
+        return {"Type": "docker", "Tag": f"bids_muscle:{__version__}"}
+    return None
+
+
+def init_derivatives(out_dir: Path, bids_dir: Path) -> None:
+    """Create the dataset-level files of the derivatives folder (idempotent)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        out_dir / "dataset_description.json",
+        dataset_description("bids_muscle derivatives", bids_dir, container_info()),
+    )
+    write_text_atomic(out_dir / ".bidsignore", "".join(f"*_{s}.*\n" for s in CUSTOM_SUFFIXES) + "group/\n*.html\n")
+    lines = ["desc_id\tdescription"] + [f"{k}\t{v}" for k, v in DESCRIPTIONS.items()]
+    write_text_atomic(out_dir / "descriptions.tsv", "\n".join(lines) + "\n")
+
+
+def write_dseg_table(out_dir: Path, desc: str, table_text: str) -> Path:
+    """Dataset-level label table ``desc-<desc>_dseg.tsv``."""
+    return write_text_atomic(Path(out_dir) / f"desc-{desc}_dseg.tsv", table_text)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class Series:
+    """One acquisition of several images with its echo times or roles."""
+
+    files: list[Path]
+    metadata: list[dict]
+    echo_times_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class RegionInputs:
+    """Everything bids_muscle uses for one participant, session and region."""
+
+    subject: str
+    session: str | None
+    region: str
+    mese: Series | None = None
+    megre_mag: Series | None = None
+    megre_phase: Series | None = None
+    mt_on: Path | None = None
+    mt_off: Path | None = None
+    t1w: Path | None = None
+    dixon_water: Path | None = None
+    dixon_fat: Path | None = None
+    tb1map: Path | None = None
+    field_strength_t: float | None = None
+    refocusing_flip_angle_deg: float | None = None
+
+    @property
+    def entities(self) -> dict:
+        return {"sub": self.subject, "ses": self.session, "acq": self.region}
+
+    @property
+    def anatomical_reference(self) -> Path | None:
+        """T1w if present, else Dixon water, else the first MESE echo, else MEGRE echo 1, else MT-off."""
+        for candidate in (
+            self.t1w,
+            self.dixon_water,
+            self.mese.files[0] if self.mese else None,
+            self.megre_mag.files[0] if self.megre_mag else None,
+            self.mt_off,
+        ):
+            if candidate is not None:
+                return candidate
+        return None
+
+    def all_files(self) -> list[Path]:
+        files = []
+        for series in (self.mese, self.megre_mag, self.megre_phase):
+            if series:
+                files += series.files
+        files += [f for f in (self.mt_on, self.mt_off, self.t1w, self.dixon_water, self.dixon_fat, self.tb1map) if f]
+        return files
+
+
+def region_of(acquisition: str | None, allowed: tuple[str, ...]) -> str | None:
+    """Region named by an ``acq-`` label (``thigh``, ``calf``, or containing either)."""
+    if not acquisition:
+        return allowed[0] if len(allowed) == 1 else None
+    low = acquisition.lower()
+    for region in REGIONS:
+        if region in low:
+            return region
+    return None
+
+
+def check_dataset(bids_dir: Path) -> None:
+    """Fail with :class:`InputError` when ``bids_dir`` is not a BIDS dataset."""
+    bids_dir = Path(bids_dir)
+    if not bids_dir.is_dir():
+        raise InputError(f"{bids_dir}: input folder does not exist")
+    desc = bids_dir / "dataset_description.json"
+    if not desc.is_file():
+        raise InputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
+    try:
+        content = json.loads(desc.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{desc}: invalid JSON ({err.msg}, line {err.lineno})") from None
+    if "BIDSVersion" not in content:
+        raise InputError(f"{desc}: BIDSVersion is missing")
+
+
+def load_layout(bids_dir: Path, validate: bool = True):
+    """Index ``bids_dir`` with pybids without writing anything into it."""
+    from bids.layout import BIDSLayout
+
+    check_dataset(bids_dir)
+    return BIDSLayout(str(bids_dir), validate=validate, derivatives=False)
+
+
+def _metadata(path: Path, layout) -> dict:
+    return layout.get_metadata(str(path))
+
+
+def _image_shape(path: Path) -> tuple[int, ...]:
+    try:
+        return nb.load(str(path)).shape
+    except Exception as err:  # nibabel raises several types for broken files
+        raise InputError(f"{path}: cannot be read as NIfTI ({err})") from None
+
+
+def _echo_series(files, layout, what: str, min_echoes: int = 1) -> Series:
+    """Sort echo files by EchoTime and check metadata and shapes."""
+    entries = []
+    for f in files:
+        meta = _metadata(f.path, layout)
+        te = meta.get("EchoTime")
+        if te is None:
+            raise InputError(f"{f.path}: EchoTime missing from the sidecar ({what})")
+        shape = _image_shape(Path(f.path))
+        if len(shape) == 4 and isinstance(te, list) and len(te) == shape[3]:
+            for k, te_k in enumerate(te):
+                entries.append((float(te_k), Path(f.path), dict(meta, EchoTime=float(te_k), VolumeIndex=k)))
+            continue
+        if isinstance(te, list):
+            raise InputError(f"{f.path}: EchoTime lists {len(te)} values but the image has shape {shape}")
+        entries.append((float(te), Path(f.path), meta))
+    entries.sort(key=lambda e: e[0])
+    tes = [e[0] for e in entries]
+    if any(t <= 0 for t in tes):
+        raise InputError(f"{entries[0][1]}: EchoTime must be positive seconds ({what}), got {tes}")
+    if len(set(tes)) != len(tes):
+        raise InputError(f"{entries[0][1]}: repeated EchoTime values in {what}: {tes}")
+    if max(tes) > 1.0:
+        raise InputError(f"{entries[-1][1]}: EchoTime {max(tes)} looks like milliseconds; BIDS uses seconds")
+    shapes = {tuple(_image_shape(p)[:3]) for _, p, _ in entries}
+    if len(shapes) > 1:
+        raise InputError(f"{entries[0][1]}: echoes of {what} have different shapes {sorted(shapes)}")
+    (shape,) = shapes
+    if len(shape) < 3 or min(shape[:3]) < 1:
+        raise InputError(f"{entries[0][1]}: {what} must be a 3D image, got shape {shape}")
+    if len(entries) < min_echoes:
+        raise InputError(f"{entries[0][1]}: {what} needs at least {min_echoes} echoes, found {len(entries)}")
+    return Series(files=[e[1] for e in entries], metadata=[e[2] for e in entries], echo_times_s=tes)
+
+
+def _single(files, what: str) -> Path | None:
+    if not files:
+        return None
+    if len(files) > 1:
+        names = ", ".join(Path(f.path).name for f in files)
+        raise InputError(f"{Path(files[0].path).parent}: several {what} images match ({names}); use --bids-filter-file or run-")
+    path = Path(files[0].path)
+    shape = _image_shape(path)
+    if len(shape) < 3:
+        raise InputError(f"{path}: {what} must be a 3D image, got shape {shape}")
+    return path
+
+
+def collect_inputs(
+    layout,
+    subject: str,
+    session: str | None,
+    regions: tuple[str, ...] = REGIONS,
+    filters: dict | None = None,
+) -> list[RegionInputs]:
+    """All usable inputs of one participant (and session), grouped by region.
+
+    Raises
+    ------
+    InputError
+        For missing or inconsistent metadata, naming the offending file.
+    """
+    base = {"subject": subject, "extension": [".nii", ".nii.gz"], "return_type": "object"}
+    if session:
+        base["session"] = session
+    extra = dict(filters or {})
+
+    def query(**kw):
+        return layout.get(**base, **{**kw, **extra.get(kw.get("suffix", "").lower(), {})})
+
+    anat_files = query(datatype="anat") + query(datatype="fmap")
+    acquisitions = sorted({f.entities.get("acquisition") or "" for f in anat_files})
+    out = []
+    seen_regions = set()
+    for acq in acquisitions:
+        region = region_of(acq or None, regions)
+        if region is None:
+            if acq:
+                continue
+            raise InputError(
+                f"sub-{subject}: files without acq-<region> and several regions requested; "
+                "name them acq-thigh or acq-calf, or pass --regions"
+            )
+        if region not in regions:
+            continue
+        if region in seen_regions:
+            raise InputError(f"sub-{subject}: several acquisitions map to region {region}; use --bids-filter-file")
+        seen_regions.add(region)
+        acq_q = {"acquisition": acq if acq else Query.NONE}
+        rin = RegionInputs(subject=subject, session=session, region=region)
+        mese = query(suffix="MESE", **acq_q)
+        if mese:
+            rin.mese = _echo_series(mese, layout, "MESE", min_echoes=2)
+            rin.refocusing_flip_angle_deg = float(rin.mese.metadata[0].get("RefocusingFlipAngle", 180.0))
+        megre = query(suffix="MEGRE", **acq_q)
+        if megre:
+            mag = [f for f in megre if f.entities.get("part") in (None, "mag")]
+            phase = [f for f in megre if f.entities.get("part") == "phase"]
+            if mag:
+                rin.megre_mag = _echo_series(mag, layout, "MEGRE magnitude")
+            if phase:
+                rin.megre_phase = _echo_series(phase, layout, "MEGRE phase")
+                if rin.megre_mag is None or rin.megre_phase.echo_times_s != rin.megre_mag.echo_times_s:
+                    raise InputError(f"{phase[0].path}: MEGRE phase echoes do not match the magnitude echoes")
+            field = _metadata(Path(megre[0].path), layout).get("MagneticFieldStrength")
+            if field is None:
+                raise InputError(f"{megre[0].path}: MagneticFieldStrength missing from the sidecar (needed for fat-water separation)")
+            if not 0.1 <= float(field) <= 12.0:
+                raise InputError(f"{megre[0].path}: MagneticFieldStrength {field} T is not plausible")
+            rin.field_strength_t = float(field)
+        rin.mt_on = _single(query(suffix="MTR", mt="on", **acq_q), "MT-on")
+        rin.mt_off = _single(query(suffix="MTR", mt="off", **acq_q), "MT-off")
+        if (rin.mt_on is None) != (rin.mt_off is None):
+            missing = "mt-off" if rin.mt_off is None else "mt-on"
+            have = rin.mt_on or rin.mt_off
+            raise InputError(f"{have}: MTR needs both mt-on and mt-off images; {missing} is missing")
+        rin.t1w = _single(query(suffix="T1w", reconstruction=Query.NONE, **acq_q), "T1w")
+        rin.dixon_water = _single(query(suffix="T1w", reconstruction="water", **acq_q), "Dixon water")
+        rin.dixon_fat = _single(query(suffix="T1w", reconstruction="fat", **acq_q), "Dixon fat")
+        rin.tb1map = _single(query(suffix="TB1map", **acq_q), "TB1map")
+        if rin.anatomical_reference is None:
+            continue
+        out.append(rin)
+    return out
+
+
+def participants_and_sessions(layout, labels: list[str] | None, session: str | None) -> list[tuple[str, str | None]]:
+    """(participant, session) pairs to process; unknown labels raise InputError."""
+    available = layout.get_subjects()
+    if labels:
+        wanted = [lab.removeprefix("sub-") for lab in labels]
+        unknown = [lab for lab in wanted if lab not in available]
+        if unknown:
+            raise InputError(f"{layout.root}: participant label(s) not found: {', '.join(unknown)} (have {', '.join(available) or 'none'})")
+    else:
+        wanted = available
+    if not wanted:
+        raise InputError(f"{layout.root}: no participants (sub-*) found")
+    pairs = []
+    for sub in wanted:
+        sessions = layout.get_sessions(subject=sub)
+        if session:
+            ses = session.removeprefix("ses-")
+            if ses not in sessions:
+                raise InputError(f"{layout.root}: sub-{sub} has no session {ses} (have {', '.join(sessions) or 'none'})")
+            pairs.append((sub, ses))
+        elif sessions:
+            pairs += [(sub, s) for s in sessions]
+        else:
+            pairs.append((sub, None))
+    return pairs

@@ -1,0 +1,254 @@
+"""``bids_muscle bids_dir output_dir {participant,group}``: the BIDS App entry point.
+
+Exit codes: 0 success, 1 processing failed, 2 bad arguments or bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from bids_muscle import __version__
+from bids_muscle.config import Config, apply_environment_defaults
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class BadInput(Exception):
+    """Bad arguments or input detected before processing starts."""
+
+
+def _json_file(value: str) -> dict:
+    path = Path(value)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{path}: file not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{path}: invalid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{path}: must hold a JSON object")
+    return data
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bids_muscle",
+        description=(
+            "Quantitative MRI of thigh and calf muscles from a BIDS dataset: N4 bias correction, "
+            "T2 / water T2 / PD / B1 / fat fraction from multi-echo spin echo, fat fraction from "
+            "multi-echo gradient echo, MTR, per-muscle biomarker tables and reports. "
+            "The 'participant' level processes participants; the 'group' level aggregates their tables."
+        ),
+        epilog="Exit codes: 0 success, 1 processing failed, 2 bad arguments or bad input.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="root of the input BIDS dataset (never written to)")
+    parser.add_argument("output_dir", type=Path, help="derivatives folder to write (created if missing)")
+    parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
+    parser.add_argument("--version", action="version", version=f"bids_muscle {__version__}")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[], metavar="LABEL",
+                     help="participants to process (with or without 'sub-'); all when omitted")
+    sel.add_argument("--session-label", "--session-id", dest="session_label", metavar="LABEL",
+                     help="only this session (with or without 'ses-'); all sessions when omitted")
+    sel.add_argument("--bids-filter-file", type=_json_file, default={}, metavar="FILE",
+                     help="JSON object of extra pybids filters per input, keyed by lower-case suffix "
+                          "(mese, megre, mtr, t1w, tb1map), e.g. {\"mese\": {\"run\": 1}}")
+    sel.add_argument("--regions", nargs="+", choices=["thigh", "calf"], default=["thigh", "calf"],
+                     help="regions to process; files are matched by acq-thigh / acq-calf")
+    sel.add_argument("--skip-bids-validation", action="store_true",
+                     help="index the dataset without checking file names against BIDS")
+
+    perf = parser.add_argument_group("performance and execution")
+    perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
+                      help="nipype working directory (intermediate files; reused on reruns)")
+    perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=os.cpu_count() or 1,
+                      help="maximum number of processes for the MultiProc plugin")
+    perf.add_argument("--omp-nthreads", type=_positive_int, default=1,
+                      help="threads per process for numerical libraries (torch, BLAS, ITK)")
+    perf.add_argument("--mem-gb", type=float, metavar="GB", help="memory limit for the MultiProc scheduler")
+    perf.add_argument("--plugin", default="MultiProc",
+                      help="nipype execution plugin: MultiProc, Linear, SLURM, SLURMGraph, SGE, PBS, ...")
+    perf.add_argument("--plugin-settings", type=_json_file, default={}, metavar="FILE",
+                      help="JSON file with nipype plugin settings: {\"plugin_args\": {...}}")
+    perf.add_argument("--stop-on-first-crash", action="store_true", help="stop at the first failing node")
+    perf.add_argument("--sloppy", action="store_true",
+                      help="fast, low-accuracy settings (coarse dictionaries, fewer iterations) for tests")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    bids_dir = opts.bids_dir.expanduser().resolve()
+    output_dir = opts.output_dir.expanduser().resolve()
+    if output_dir == bids_dir:
+        parser.error("output_dir must differ from bids_dir: the input dataset is never written to")
+    if bids_dir in output_dir.parents and output_dir.parent == bids_dir:
+        parser.error("output_dir must not be a top-level folder of bids_dir; use bids_dir/derivatives/<name>")
+    command = " ".join(shlex.quote(a) for a in ["bids_muscle", *(sys.argv[1:] if argv is None else argv)])
+    return Config(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        analysis_level=opts.analysis_level,
+        work_dir=opts.work_dir.expanduser().resolve(),
+        participant_label=tuple(lab.removeprefix("sub-") for lab in opts.participant_label),
+        session_label=opts.session_label.removeprefix("ses-") if opts.session_label else None,
+        bids_filters=opts.bids_filter_file,
+        regions=tuple(dict.fromkeys(opts.regions)),
+        nprocs=opts.nprocs,
+        omp_nthreads=opts.omp_nthreads,
+        mem_gb=opts.mem_gb,
+        skip_bids_validation=opts.skip_bids_validation,
+        plugin=opts.plugin,
+        plugin_settings=opts.plugin_settings,
+        stop_on_first_crash=opts.stop_on_first_crash,
+        sloppy=opts.sloppy,
+        command=command,
+    )
+
+
+def _log(message: str) -> None:
+    print(f"[bids_muscle {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _check_writable(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"{path}: cannot create folder ({err.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise BadInput(f"{path}: folder is not writable")
+
+
+def _configure_nipype(config: Config) -> None:
+    from nipype import config as ncfg
+    from nipype import logging as nlogging
+
+    ncfg.set("execution", "crashfile_format", "txt")
+    ncfg.set("execution", "stop_on_first_crash", str(config.stop_on_first_crash))
+    ncfg.set("execution", "remove_unnecessary_outputs", "false")
+    ncfg.set("monitoring", "enabled", "false")
+    ncfg.set("logging", "workflow_level", "WARNING")
+    ncfg.set("logging", "interface_level", "WARNING")
+    ncfg.set("logging", "utils_level", "WARNING")
+    nlogging.update_logging(ncfg)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        os.environ[var] = str(config.omp_nthreads)
+
+
+def _run_workflow(workflow, config: Config) -> list[Path]:
+    """Run a nipype workflow; returns the crash files written (empty on success)."""
+    crash_dir = config.work_dir / "crash"
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    workflow.base_dir = str(config.work_dir)
+    workflow.config["execution"]["crashdump_dir"] = str(crash_dir)
+    before = set(crash_dir.glob("crash-*"))
+    try:
+        workflow.run(plugin=config.plugin, plugin_args=config.plugin_args())
+    except Exception as err:  # nipype raises RuntimeError; plugins may raise others
+        crashes = sorted(set(crash_dir.glob("crash-*")) - before)
+        if not crashes:
+            _log(f"workflow {workflow.name} failed: {err}")
+            crashes = [crash_dir]
+        return crashes
+    return []
+
+
+def _summarise_crashes(crashes: list[Path]) -> None:
+    for crash in crashes:
+        if crash.is_file():
+            text = crash.read_text(errors="replace")
+            node = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Node:")), "?")
+            err = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+            _log(f"FAILED node {node}: {err}  (details: {crash})")
+
+
+def run_participant(config: Config) -> int:
+    from bids_muscle import bids
+    from bids_muscle.workflows.base import init_participant_wf
+
+    layout = bids.load_layout(config.bids_dir, validate=not config.skip_bids_validation)
+    pairs = bids.participants_and_sessions(layout, list(config.participant_label), config.session_label)
+    _check_writable(config.output_dir)
+    _check_writable(config.work_dir)
+    bids.init_derivatives(config.output_dir, config.bids_dir)
+    input_errors, crashes, done = [], [], 0
+    for sub, ses in pairs:
+        tag = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
+        try:
+            regions = bids.collect_inputs(layout, sub, ses, config.regions, config.bids_filters)
+        except bids.InputError as err:
+            _log(f"{tag}: skipped: {err}")
+            input_errors.append(str(err))
+            continue
+        if not regions:
+            msg = f"{tag}: no usable images for regions {', '.join(config.regions)}"
+            _log(f"{tag}: skipped: {msg}")
+            input_errors.append(msg)
+            continue
+        _log(f"{tag}: processing {', '.join(r.region for r in regions)}")
+        workflow = init_participant_wf(config, sub, ses, regions)
+        t0 = time.time()
+        failed = _run_workflow(workflow, config)
+        if failed:
+            crashes += failed
+            _log(f"{tag}: FAILED after {time.time() - t0:.0f} s")
+        else:
+            done += 1
+            _log(f"{tag}: done in {time.time() - t0:.0f} s -> {config.output_dir / f'sub-{sub}.html'}")
+    _summarise_crashes(crashes)
+    _log(f"{done} of {len(pairs)} participant(s) finished; outputs in {config.output_dir}")
+    if crashes:
+        return EXIT_FAILED
+    return EXIT_BAD_INPUT if input_errors else EXIT_OK
+
+
+def run_group(config: Config) -> int:
+    from bids_muscle import bids
+    from bids_muscle.workflows.group import init_group_wf
+
+    bids.check_dataset(config.bids_dir)
+    if not (config.output_dir / "dataset_description.json").is_file():
+        raise BadInput(f"{config.output_dir}: no participant outputs found; run the participant level first")
+    _check_writable(config.work_dir)
+    workflow = init_group_wf(config)
+    crashes = _run_workflow(workflow, config)
+    _summarise_crashes(crashes)
+    if crashes:
+        return EXIT_FAILED
+    _log(f"group outputs in {config.output_dir / 'group'}")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_environment_defaults()
+    config = parse_config(argv)
+    from bids_muscle.bids import InputError
+
+    _configure_nipype(config)
+    try:
+        if config.analysis_level == "participant":
+            return run_participant(config)
+        return run_group(config)
+    except (InputError, BadInput) as err:
+        print(f"bids_muscle: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

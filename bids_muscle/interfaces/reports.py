@@ -1,0 +1,41 @@
+"""Report interfaces: assemble HTML from what the run wrote."""
+
+from __future__ import annotations
+
+from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, SimpleInterface, TraitedSpec, traits
+
+from bids_muscle.reports.participant import build_participant_report
+
+
+class _ReportInputSpec(BaseInterfaceInputSpec):
+    out_dir = Directory(mandatory=True)
+    subject = traits.Str(mandatory=True)
+    session = traits.Str()
+    command = traits.Str("")
+    methods = traits.List(traits.Str, desc="methods paragraphs")
+    warnings = traits.List(traits.Str, desc="warnings found while collecting inputs")
+    written = traits.List(desc="derivatives written before the report (ordering only)")
+
+
+class _ReportOutputSpec(TraitedSpec):
+    out_report = File(exists=True)
+
+
+class ParticipantReport(SimpleInterface):
+    """Write ``sub-<label>.html`` with figures of every map and mask of the participant."""
+
+    input_spec = _ReportInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_report"] = str(
+            build_participant_report(
+                self.inputs.out_dir,
+                self.inputs.subject,
+                self.inputs.session or None,
+                self.inputs.command,
+                list(self.inputs.methods or []),
+                list(self.inputs.warnings or []),
+            )
+        )
+        return runtime

@@ -1,0 +1,188 @@
+"""Write a complete BIDS dataset of digital-phantom participants, with the truth.
+
+Layout::
+
+    OUT/dataset_description.json, participants.tsv (+ .json), README
+    OUT/sub-01/anat/sub-01_acq-thigh_echo-<n>_MESE.nii.gz      17 echoes
+    OUT/sub-01/anat/sub-01_acq-thigh_echo-<n>_part-{mag,phase}_MEGRE.nii.gz
+    OUT/sub-01/anat/sub-01_acq-thigh_mt-{on,off}_MTR.nii.gz
+    OUT/sub-01/anat/sub-01_acq-thigh_T1w.nii.gz
+    OUT/derivatives/truth/sub-01/anat/sub-01_acq-thigh_<truth maps>
+
+The truth is named like the app's outputs so that outputs and truth can be
+matched by entities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bids_muscle import bids
+from bids_muscle.phantom import anatomy, signals
+from bids_muscle.seg.labels import dseg_tsv_text
+
+SITES = ("siteA", "siteB")
+
+
+def _sidecar(path: Path, meta: dict) -> None:
+    bids.write_json_atomic(Path(str(path).replace(".nii.gz", ".json")), meta)
+
+
+def _write_raw(anat: Path, entities: dict, suffix: str, data: np.ndarray, affine: np.ndarray, meta: dict, dtype=np.int16):
+    path = anat / bids.build_name(entities, suffix)
+    if dtype == np.int16:
+        data = np.clip(np.rint(data), 0, np.iinfo(np.int16).max)
+    bids.save_nifti_atomic(path, data.astype(dtype), affine)
+    _sidecar(path, meta)
+
+
+def _common_meta(region: str, site: str) -> dict:
+    return {
+        "Manufacturer": "bids_muscle digital phantom",
+        "ManufacturersModelName": site,
+        "MagneticFieldStrength": signals.FIELD_STRENGTH_T,
+        "BodyPart": region.upper(),
+        "SliceThickness": anatomy.REGION_GEOMETRY[region]["slice_mm"],
+    }
+
+
+def write_region(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, rng: np.random.Generator) -> None:
+    """Raw images and truth of one region of one participant."""
+    region = truth.region
+    anat = bids.subject_dir(bids_dir, sub, None)
+    ent = {"sub": sub, "acq": region}
+    common = _common_meta(region, site)
+    aff = truth.affine
+
+    mese, te_mese = signals.mese_images(truth, rng)
+    p = signals.MESE_PROTOCOL
+    for k, te in enumerate(te_mese):
+        meta = {
+            **common,
+            "EchoTime": round(float(te), 6),
+            "RepetitionTime": p["repetition_time_s"],
+            "FlipAngle": 90.0,
+            "RefocusingFlipAngle": p["refocusing_deg"],
+            "EchoTrainLength": p["n_echoes"],
+            "PulseSequenceType": "multi-echo spin echo (CPMG)",
+        }
+        _write_raw(anat, {**ent, "echo": k + 1}, "MESE", mese[..., k], aff, meta)
+
+    mag, phase, te_gre = signals.megre_images(truth, rng)
+    g = signals.MEGRE_PROTOCOL
+    for k, te in enumerate(te_gre):
+        meta = {**common, "EchoTime": round(float(te), 6), "RepetitionTime": g["repetition_time_s"], "FlipAngle": g["flip_deg"]}
+        _write_raw(anat, {**ent, "echo": k + 1, "part": "mag"}, "MEGRE", mag[..., k], aff, meta)
+        _write_raw(anat, {**ent, "echo": k + 1, "part": "phase"}, "MEGRE", phase[..., k], aff, {**meta, "Units": "rad"}, np.float32)
+
+    m_off, m_on = signals.mt_images(truth, rng)
+    mt_meta = {**common, "EchoTime": 0.004, "RepetitionTime": 0.05, "FlipAngle": 10.0}
+    _write_raw(anat, {**ent, "mt": "off"}, "MTR", m_off, aff, {**mt_meta, "MTState": False})
+    _write_raw(anat, {**ent, "mt": "on"}, "MTR", m_on, aff, {**mt_meta, "MTState": True})
+
+    t1w = signals.t1w_image(truth, rng)
+    _write_raw(anat, ent, "T1w", t1w, aff, {**common, "EchoTime": 0.012, "RepetitionTime": 0.6})
+
+    write_truth(bids_dir / "derivatives" / "truth", sub, truth)
+
+
+def write_truth(truth_dir: Path, sub: str, truth: anatomy.RegionTruth) -> None:
+    """Ground-truth maps and masks of one region, named like the app's outputs."""
+    ent = {"sub": sub, "acq": truth.region}
+    src = ["phantom ground truth"]
+    items = [
+        ({**ent, "desc": "water"}, "T2map", truth.water_t2_s, {"Units": "s", "Description": "T2 of the water component"}),
+        (ent, "FFmap", truth.ff_percent, {"Units": "percent", "Description": "fat fraction"}),
+        (ent, "PDmap", truth.pd, {"Units": "arbitrary", "Description": "relative proton density (water + fat)"}),
+        (ent, "MTRmap", truth.mtr_percent, {"Units": "percent"}),
+        (ent, "TB1map", truth.b1, {"Units": "relative", "Description": "transmit field relative to nominal"}),
+        (ent, "R2starmap", truth.r2star_per_s, {"Units": "1/s"}),
+        ({**ent, "desc": "b0"}, "fieldmap", truth.b0_hz, {"Units": "Hz"}),
+        (ent, "dseg", truth.labels.astype(np.int16), {"Description": "individual muscles, label table dseg.tsv"}),
+        ({**ent, "desc": "tissue"}, "dseg", truth.tissue.astype(np.uint8), {"Description": "tissue classes, desc-tissue_dseg.tsv"}),
+        ({**ent, "desc": "muscleregion"}, "mask", truth.muscle_region.astype(np.uint8), {"Description": bids.DESCRIPTIONS["muscleregion"]}),
+        ({**ent, "desc": "imat"}, "mask", truth.imat.astype(np.uint8), {"Description": "muscle-region voxels with fat fraction above 50 %"}),
+        ({**ent, "desc": "receive"}, "biasfield", truth.receive_bias, {"Units": "relative"}),
+    ]
+    for entities, suffix, data, meta in items:
+        dtype = data.dtype if data.dtype.kind in "iu" else np.float32
+        bids.write_derivative_image(truth_dir, entities, suffix, data.astype(dtype), truth.affine, src, meta)
+    states = {str(k): v for k, v in truth.muscle_states.items()}
+    bids.write_json_atomic(bids.derivative_path(truth_dir, ent, "muscles", ".json"), states)
+
+
+def _label_table_all() -> str:
+    lines = dseg_tsv_text("thigh").splitlines() + dseg_tsv_text("calf").splitlines()[1:]
+    return "\n".join(lines) + "\n"
+
+
+def generate_dataset(
+    out_dir: Path,
+    n_participants: int = 2,
+    seed: int = 0,
+    regions: tuple[str, ...] = ("thigh", "calf"),
+    n_slices: int = 8,
+    progress=None,
+) -> Path:
+    """Write a phantom BIDS dataset with ``n_participants`` to ``out_dir``.
+
+    The same seed always gives the same dataset. ``out_dir`` must not exist
+    or be empty, so nothing is ever overwritten.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: folder exists and is not empty; choose a new folder")
+    if n_participants < 1:
+        raise ValueError("--participants must be at least 1")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bids.write_json_atomic(
+        out_dir / "dataset_description.json",
+        {
+            "Name": "bids_muscle digital thigh and calf phantom",
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["bids_muscle"],
+            "GeneratedBy": [{"Name": "bids_muscle-phantom", "Version": bids.__version__}],
+        },
+    )
+    bids.write_text_atomic(
+        out_dir / "README",
+        "Digital thigh and calf phantom made by bids_muscle-phantom "
+        f"(seed {seed}). Ground truth in derivatives/truth.\n",
+    )
+    truth_dir = out_dir / "derivatives" / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    bids.write_json_atomic(truth_dir / "dataset_description.json", bids.dataset_description("phantom ground truth", out_dir))
+    bids.write_text_atomic(truth_dir / "dseg.tsv", _label_table_all())
+    tissue_rows = ["index\tname"] + [f"{k}\t{v}" for k, v in anatomy.TISSUES.items()]
+    bids.write_text_atomic(truth_dir / "desc-tissue_dseg.tsv", "\n".join(tissue_rows) + "\n")
+    bids.write_text_atomic(truth_dir / ".bidsignore", "*_FFmap.*\n*_muscles.json\n*_biasfield.*\n")
+
+    rows = ["participant_id\tsite\tage\tsex\tgroup"]
+    for p in range(n_participants):
+        sub = f"{p + 1:02d}"
+        rng = np.random.default_rng([seed, p])
+        site = SITES[p % len(SITES)]
+        severity = float(rng.uniform(0.0, 0.7))
+        for region in regions:
+            truth = anatomy.draw_region(region, rng, n_slices=n_slices, severity=severity)
+            write_region(out_dir, sub, truth, site, rng)
+        group = "patient" if severity > 0.2 else "control"
+        rows.append(f"sub-{sub}\t{site}\t{int(rng.integers(20, 70))}\t{'MF'[int(rng.integers(2))]}\t{group}")
+        if progress:
+            progress(f"phantom: sub-{sub} written ({', '.join(regions)})")
+    bids.write_text_atomic(out_dir / "participants.tsv", "\n".join(rows) + "\n")
+    bids.write_json_atomic(
+        out_dir / "participants.json",
+        {
+            "site": {"Description": "acquisition site"},
+            "age": {"Description": "age", "Units": "year"},
+            "sex": {"Description": "sex", "Levels": {"M": "male", "F": "female"}},
+            "group": {"Description": "share of fat-infiltrated muscles above 20 % (patient) or not (control)"},
+        },
+    )
+    return out_dir
+
