@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bids_muscle.config import apply_environment_defaults
+
+apply_environment_defaults()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -28,3 +32,11 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def phantom_bids(tmp_path_factory) -> Path:
+    """A 2-participant phantom dataset, written once per test session (treat as read-only)."""
+    from bids_muscle.phantom.dataset import generate_dataset
+
+    return generate_dataset(tmp_path_factory.mktemp("phantom") / "bids", n_participants=2, seed=0)

@@ -11,6 +11,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+MIN_SLICES = 5
+
 
 def foreground_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     """Body mask: voxels above ``fraction`` of the 99th percentile, holes filled, largest parts kept."""
@@ -19,7 +21,10 @@ def foreground_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
         raise ValueError("image has no positive voxels")
     threshold = fraction * np.percentile(image[image > 0], 99)
     mask = image > threshold
-    mask = ndimage.binary_opening(mask, iterations=1)
+    in_plane = ndimage.generate_binary_structure(2, 1)
+    if mask.ndim == 3:
+        in_plane = in_plane[..., None]
+    mask = ndimage.binary_opening(mask, structure=in_plane)
     if mask.ndim == 3:
         mask = np.stack([ndimage.binary_fill_holes(mask[..., z]) for z in range(mask.shape[2])], axis=2)
     else:
@@ -57,6 +62,15 @@ def n4_bias_field(
         raise ValueError(f"N4 needs a 3D image, got shape {image.shape}")
     if mask is None:
         mask = foreground_mask(image)
+    if not mask.any():
+        raise ValueError("N4: the foreground mask is empty")
+    n_slices = image.shape[2]
+    if n_slices < MIN_SLICES:
+        # the B-spline fit needs a few slices: pad by repeating the edge slices
+        pad = ((0, 0), (0, 0), (0, MIN_SLICES - n_slices))
+        field = n4_bias_field(np.pad(image, pad, mode="edge"), spacing_mm, np.pad(mask, pad, mode="edge"),
+                              shrink, iterations, spline_distance_mm)
+        return field[..., :n_slices] / float(np.mean(field[..., :n_slices][mask]))
     img = sitk.GetImageFromArray(np.transpose(np.clip(image, 0, None) + 1e-3, (2, 1, 0)))
     img.SetSpacing([float(s) for s in spacing_mm])
     msk = sitk.GetImageFromArray(np.transpose(mask.astype(np.uint8), (2, 1, 0)))
@@ -71,4 +85,6 @@ def n4_bias_field(
     corrector.Execute(small, small_mask)
     log_field = corrector.GetLogBiasFieldAsImage(img)
     field = np.exp(np.transpose(sitk.GetArrayFromImage(log_field), (2, 1, 0))).astype(np.float32)
+    if not np.all(np.isfinite(field)):
+        raise ValueError("N4 returned a non-finite bias field")
     return field / float(np.mean(field[mask]))

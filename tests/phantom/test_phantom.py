@@ -1,0 +1,75 @@
+import hashlib
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_muscle.phantom import anatomy
+from bids_muscle.phantom.dataset import generate_dataset
+from bids_muscle.seg.labels import load_label_table
+
+
+@pytest.mark.parametrize("region", ["thigh", "calf"])
+def test_every_muscle_on_both_sides_on_the_correct_side(region):
+    truth = anatomy.draw_region(region, np.random.default_rng(3))
+    present = set(np.unique(truth.labels)) - {0}
+    assert present == {lab.index for lab in load_label_table(region)}
+    # the right leg lies at positive world x (RAS+)
+    i_idx = np.nonzero(truth.labels)[0]
+    x_mm = truth.affine[0, 0] * i_idx + truth.affine[0, 3]
+    sides = np.array([{lab.index: lab.side for lab in load_label_table(region)}[v] for v in truth.labels[truth.labels > 0]])
+    assert np.all(x_mm[sides == "right"] > 0) and np.all(x_mm[sides == "left"] < 0)
+
+
+def test_truth_is_consistent():
+    truth = anatomy.draw_region("thigh", np.random.default_rng(1), severity=0.6)
+    muscles = truth.labels > 0
+    assert np.all(truth.muscle_region[muscles])
+    assert not np.any(truth.muscle_region & np.isin(truth.tissue, (anatomy.SUBCUT_FAT, anatomy.CORTEX, anatomy.MARROW)))
+    assert np.all(truth.imat <= truth.muscle_region)
+    assert truth.ff_percent[muscles].min() >= 0 and truth.ff_percent[muscles].max() <= 80
+    assert truth.ff_percent[muscles].max() > 50  # severe infiltration drawn
+    body = truth.tissue > 0
+    assert 0.7 <= truth.b1[body].min() and truth.b1[body].max() <= 1.2
+    assert 0.025 <= truth.water_t2_s[muscles].min() and truth.water_t2_s[muscles].max() <= 0.05
+
+
+def test_dataset_is_deterministic_and_refuses_to_overwrite(tmp_path):
+    a = generate_dataset(tmp_path / "a", n_participants=1, seed=7, regions=("calf",), n_slices=3)
+    b = generate_dataset(tmp_path / "b", n_participants=1, seed=7, regions=("calf",), n_slices=3)
+
+    def digest(root):
+        return {p.relative_to(root).as_posix(): hashlib.sha256(np.asarray(nb.load(p).dataobj).tobytes()).hexdigest()
+                for p in sorted(root.rglob("*.nii.gz"))}
+
+    assert digest(a) == digest(b)
+    assert len(digest(a)) > 30
+    with pytest.raises(FileExistsError):
+        generate_dataset(tmp_path / "a", n_participants=1)
+
+
+def test_phantom_layout_and_metadata(phantom_bids):
+    from bids.layout import BIDSLayout
+
+    layout = BIDSLayout(str(phantom_bids), validate=True)
+    assert layout.get_subjects() == ["01", "02"]
+    mese = layout.get(subject="01", acquisition="thigh", suffix="MESE", extension=".nii.gz")
+    assert len(mese) == 17
+    tes = sorted(f.get_metadata()["EchoTime"] for f in mese)
+    assert np.allclose(np.diff(tes), 0.010)
+    megre = layout.get(subject="01", acquisition="calf", suffix="MEGRE", extension=".nii.gz")
+    assert {f.entities["part"] for f in megre} == {"mag", "phase"} and len(megre) == 12
+    assert layout.get(subject="02", suffix="MTR", mt="on", extension=".nii.gz")
+    assert (phantom_bids / "participants.tsv").read_text().splitlines()[0].split("\t")[:2] == ["participant_id", "site"]
+    truth = phantom_bids / "derivatives" / "truth" / "sub-01" / "anat"
+    for name in ("desc-water_T2map", "FFmap", "PDmap", "MTRmap", "desc-imat_mask", "desc-muscleregion_mask", "dseg"):
+        assert (truth / f"sub-01_acq-thigh_{name}.nii.gz").is_file(), name
+
+
+def test_first_echo_snr_is_about_100(phantom_bids):
+    echo = np.asarray(nb.load(phantom_bids / "sub-01/anat/sub-01_acq-thigh_echo-1_MESE.nii.gz").dataobj, float)
+    labels = np.asarray(nb.load(phantom_bids / "derivatives/truth/sub-01/anat/sub-01_acq-thigh_dseg.nii.gz").dataobj)
+    background = echo[:8, :8, :]
+    sigma = np.sqrt(np.mean(background**2) / 2.0)  # Rayleigh second moment
+    snr = np.median(echo[labels > 0]) / sigma
+    assert 70 < snr < 130
