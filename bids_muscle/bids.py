@@ -162,6 +162,14 @@ def write_derivative_image(
     return path
 
 
+def write_derivative_table(out_dir: Path, entities: dict, suffix: str, tsv_text: str, sidecar: dict) -> Path:
+    """Write one derivative TSV table and its JSON sidecar (column descriptions)."""
+    path = derivative_path(out_dir, entities, suffix, ".tsv")
+    write_text_atomic(path, tsv_text)
+    write_json_atomic(path.with_suffix(".json"), sidecar)
+    return path
+
+
 def dataset_description(name: str, bids_dir: Path | None, container: dict | None = None) -> dict:
     desc = {
         "Name": name,

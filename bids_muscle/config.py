@@ -43,6 +43,11 @@ class Config:
     plugin_settings: dict = field(default_factory=dict)
     stop_on_first_crash: bool = False
     sloppy: bool = False
+    site_column: str = "site"
+    networks: tuple[str, ...] = ("unet2d",)
+    networks_requested: bool = False
+    model_dir: str | None = None
+    erode_mm: float = 0.0
     command: str = ""
 
     def plugin_args(self) -> dict:

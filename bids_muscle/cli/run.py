@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="index the dataset without checking file names against BIDS")
 
+    seg = parser.add_argument_group("segmentation and biomarkers")
+    seg.add_argument("--networks", nargs="+", metavar="NET",
+                     help="segmentation networks to run (unet2d, unet3d, transunet, hrnet); models are looked up as "
+                          "<region>_<net> in --model-dir or the package. Default: unet2d when its model exists")
+    seg.add_argument("--model-dir", type=Path, metavar="DIR",
+                     help="folder with extra or replacement models (<name>.pt + <name>.json cards)")
+    seg.add_argument("--erode-mm", type=float, default=0.0, metavar="MM",
+                     help="erode each muscle mask by this radius before averaging maps (keeps partial-volume fat out)")
+
+    grp = parser.add_argument_group("group level")
+    grp.add_argument("--site-column", default="site",
+                     help="column of participants.tsv that names the acquisition site")
+
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
                       help="nipype working directory (intermediate files; reused on reruns)")
@@ -96,6 +109,10 @@ def parse_config(argv: list[str] | None = None) -> Config:
     opts = parser.parse_args(argv)
     bids_dir = opts.bids_dir.expanduser().resolve()
     output_dir = opts.output_dir.expanduser().resolve()
+    if opts.erode_mm < 0:
+        parser.error("--erode-mm must not be negative")
+    if opts.model_dir and not opts.model_dir.is_dir():
+        parser.error(f"--model-dir {opts.model_dir}: folder not found")
     if output_dir == bids_dir:
         parser.error("output_dir must differ from bids_dir: the input dataset is never written to")
     if bids_dir in output_dir.parents and output_dir.parent == bids_dir:
@@ -118,6 +135,11 @@ def parse_config(argv: list[str] | None = None) -> Config:
         plugin_settings=opts.plugin_settings,
         stop_on_first_crash=opts.stop_on_first_crash,
         sloppy=opts.sloppy,
+        site_column=opts.site_column,
+        networks=tuple(dict.fromkeys(opts.networks)) if opts.networks else ("unet2d",),
+        networks_requested=bool(opts.networks),
+        model_dir=str(opts.model_dir.expanduser().resolve()) if opts.model_dir else None,
+        erode_mm=opts.erode_mm,
         command=command,
     )
 
@@ -178,6 +200,32 @@ def _summarise_crashes(crashes: list[Path]) -> None:
             _log(f"FAILED node {node}: {err}  (details: {crash})")
 
 
+def available_networks(config: Config) -> dict[str, list[str]]:
+    """Networks with a model for each region; a requested network without any model is bad input."""
+    from bids_muscle.interfaces.segmentation import model_name
+    from bids_muscle.seg.zoo import list_models
+
+    names = {card.name for card in list_models(config.model_dir)}
+    found = {region: [n for n in config.networks if model_name(region, n) in names] for region in config.regions}
+    if config.networks_requested:
+        for net in config.networks:
+            if not any(net in nets for nets in found.values()):
+                have = ", ".join(sorted(names)) or "none"
+                raise BadInput(f"--networks {net}: no model named <region>_{net} (available models: {have})")
+    return found
+
+
+def write_label_tables(config: Config, networks: dict[str, list[str]]) -> None:
+    from bids_muscle import bids
+    from bids_muscle.seg.labels import dseg_tsv_text
+
+    for net in sorted({n for nets in networks.values() for n in nets}):
+        regions = [r for r in config.regions if net in networks[r]]
+        rows = [dseg_tsv_text(r).splitlines() for r in regions]
+        text = "\n".join(rows[0] + [line for other in rows[1:] for line in other[1:]]) + "\n"
+        bids.write_dseg_table(config.output_dir, net, text)
+
+
 def run_participant(config: Config) -> int:
     from bids_muscle import bids
     from bids_muscle.workflows.base import init_participant_wf
@@ -186,7 +234,9 @@ def run_participant(config: Config) -> int:
     pairs = bids.participants_and_sessions(layout, list(config.participant_label), config.session_label)
     _check_writable(config.output_dir)
     _check_writable(config.work_dir)
+    networks = available_networks(config)
     bids.init_derivatives(config.output_dir, config.bids_dir)
+    write_label_tables(config, networks)
     input_errors, crashes, done = [], [], 0
     for sub, ses in pairs:
         tag = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
@@ -202,7 +252,7 @@ def run_participant(config: Config) -> int:
             input_errors.append(msg)
             continue
         _log(f"{tag}: processing {', '.join(r.region for r in regions)}")
-        workflow = init_participant_wf(config, sub, ses, regions)
+        workflow = init_participant_wf(config, sub, ses, regions, networks)
         t0 = time.time()
         failed = _run_workflow(workflow, config)
         if failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, SimpleInterface, TraitedSpec, traits
 
+from bids_muscle.reports.group import build_group_report
 from bids_muscle.reports.participant import build_participant_report
 
 
@@ -38,4 +39,21 @@ class ParticipantReport(SimpleInterface):
                 list(self.inputs.warnings or []),
             )
         )
+        return runtime
+
+
+class _GroupReportInputSpec(BaseInterfaceInputSpec):
+    out_dir = Directory(mandatory=True)
+    tables = traits.Dict(mandatory=True, desc="group table name -> path")
+    command = traits.Str("")
+
+
+class GroupReport(SimpleInterface):
+    """Write ``group/report.html`` from the group tables."""
+
+    input_spec = _GroupReportInputSpec
+    output_spec = _ReportOutputSpec
+
+    def _run_interface(self, runtime):
+        self._results["out_report"] = str(build_group_report(self.inputs.out_dir, dict(self.inputs.tables), self.inputs.command))
         return runtime

@@ -10,16 +10,22 @@ from bids_muscle import __version__
 from bids_muscle.bids import DESCRIPTIONS, RegionInputs
 from bids_muscle.config import Config
 from bids_muscle.interfaces.bias import N4BiasCorrection
+from bids_muscle.interfaces.biomarkers import MuscleBiomarkers
 from bids_muscle.interfaces.derivatives import DerivativesSink
 from bids_muscle.interfaces.qmaps import FitMESE
 from bids_muscle.interfaces.reports import ParticipantReport
+from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
+
+MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
 
 
 def _node_name(*parts: str | None) -> str:
     return "_".join(p for p in parts if p).replace("-", "_")
 
 
-def init_participant_wf(config: Config, subject: str, session: str | None, regions: list[RegionInputs]) -> Workflow:
+def init_participant_wf(
+    config: Config, subject: str, session: str | None, regions: list[RegionInputs], networks: dict[str, list[str]]
+) -> Workflow:
     """Build the workflow of one participant (and session).
 
     Parameters
@@ -30,6 +36,8 @@ def init_participant_wf(config: Config, subject: str, session: str | None, regio
         Labels without ``sub-``/``ses-``.
     regions
         Inputs of each region found for this participant.
+    networks
+        Segmentation networks with a model for each region (may be empty).
 
     Outputs
     -------
@@ -39,26 +47,28 @@ def init_participant_wf(config: Config, subject: str, session: str | None, regio
     workflow = Workflow(name=name)
     workflow.__desc__ = (
         "Images were processed with *bids_muscle* {version}, a BIDS App for quantitative MRI of the "
-        "thigh and calf muscles built on Nipype (Gorgolewski et al. 2011) and NiWorkflows. "
+        "thigh and calf muscles built on Nipype (Gorgolewski et al. 2011) and NiWorkflows."
     )
-    region_wfs = []
-    for rin in regions:
-        region_wfs.append(init_region_wf(config, rin))
-    workflow.add_nodes(region_wfs)
-
+    region_wfs = [init_region_wf(config, rin, networks.get(rin.region, [])) for rin in regions]
     report = pe.Node(
         ParticipantReport(out_dir=str(config.output_dir), subject=subject, command=config.command),
         name="report",
     )
     if session:
         report.inputs.session = session
-    report.inputs.methods = [
-        paragraph.format(version=__version__) for paragraph in workflow.visit_desc().split("\n") if paragraph.strip()
-    ]
-    merge = pe.Node(niu.Merge(len(region_wfs)), name="written")
+    merge = pe.Node(niu.Merge(len(region_wfs)), name="written", run_without_submitting=True)
     for k, rwf in enumerate(region_wfs):
         workflow.connect(rwf, "outputnode.written", merge, f"in{k + 1}")
     workflow.connect(merge, "out", report, "written")
+    report.inputs.methods = [
+        paragraph.format(version=__version__) for paragraph in workflow.visit_desc().split("\n") if paragraph.strip()
+    ]
+    report.inputs.warnings = [
+        f"{rin.region}: no segmentation model available for networks {', '.join(config.networks)}; "
+        "per-muscle tables were not computed"
+        for rin in regions
+        if not networks.get(rin.region)
+    ]
     return workflow
 
 
@@ -78,8 +88,25 @@ def _sink(config: Config, name: str, entities: dict, suffix: str, sources: list,
     )
 
 
-def init_region_wf(config: Config, rin: RegionInputs) -> Workflow:
+def _collect(workflow: Workflow, outputs: list[tuple], outputnode) -> None:
+    """Merge the (node, field) pairs of everything written into ``outputnode.written``."""
+    merge = pe.Node(niu.Merge(len(outputs), ravel_inputs=True), name="collect_written", run_without_submitting=True)
+    for k, (node, field) in enumerate(outputs):
+        workflow.connect(node, field, merge, f"in{k + 1}")
+    workflow.connect(merge, "out", outputnode, "written")
+
+
+def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Workflow:
     """Everything done on one region (thigh or calf) of one participant.
+
+    Parameters
+    ----------
+    config
+        Run configuration.
+    rin
+        Inputs of the region.
+    networks
+        Segmentation networks to run (models exist for them).
 
     Outputs
     -------
@@ -88,39 +115,36 @@ def init_region_wf(config: Config, rin: RegionInputs) -> Workflow:
     """
     workflow = Workflow(name=f"{rin.region}_wf")
     workflow.__desc__ = (
-        f"For the {rin.region}, the anatomical reference was corrected for intensity non-uniformity "
-        "with N4 (Tustison et al. 2010, SimpleITK)."
+        f"For the {rin.region}, the anatomical reference ({rin.anatomical_reference.name}) was corrected for "
+        "intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
-    entities = rin.entities
-    written = []  # (node, output field) of everything stored
+    ent = rin.entities
+    written = []
 
     ref = rin.anatomical_reference
     n4_ref = pe.Node(N4BiasCorrection(in_files=[str(ref)], sloppy=config.sloppy, prefix="anat"), name="n4_anat")
     ref_suffix = ref.name.split("_")[-1].split(".")[0]
-    ds_ref = _sink(config, "ds_anat_n4", {**entities, "desc": "n4"}, ref_suffix, [ref],
+    ds_ref = _sink(config, "ds_anat_n4", {**ent, "desc": "n4"}, ref_suffix, [ref],
                    {"Description": "anatomical reference, N4 bias-field corrected"})
     workflow.connect(n4_ref, "reference", ds_ref, "in_file")
     written.append((ds_ref, "out_file"))
 
+    mese_wf = None
     if rin.mese is not None:
         mese_wf = init_mese_wf(config, rin)
         written.append((mese_wf, "outputnode.written"))
 
-    collect = pe.Node(niu.Merge(len(written), ravel_inputs=True), name="collect_written", run_without_submitting=True)
-    for k, (node, field) in enumerate(written):
-        workflow.connect(node, field, collect, f"in{k + 1}")
-    workflow.connect(collect, "out", outputnode, "written")
+    if networks:
+        seg_wf = init_segmentation_wf(config, rin, networks)
+        workflow.connect(n4_ref, "reference", seg_wf, "inputnode.reference")
+        written.append((seg_wf, "outputnode.written"))
+        if mese_wf is not None:
+            workflow.connect(mese_wf, "outputnode.ff", seg_wf, "inputnode.ff")
+            for field in MESE_MAPS:
+                workflow.connect(mese_wf, f"outputnode.{field}", seg_wf, f"inputnode.mese_{field}")
+    _collect(workflow, written, outputnode)
     return workflow
-
-
-def _merge_sinks(workflow: Workflow, sinks: list) -> None:
-    """Collect the ``out_file`` of every sink of ``workflow`` into ``outputnode.written``."""
-    outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
-    merge = pe.Node(niu.Merge(len(sinks)), name="merge_written", run_without_submitting=True)
-    for k, node in enumerate(sinks):
-        workflow.connect(node, "out_file", merge, f"in{k + 1}")
-    workflow.connect(merge, "out", outputnode, "written")
 
 
 def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
@@ -135,6 +159,8 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     -------
     outputnode.written
         Derivatives written.
+    outputnode.t2, pd, water_t2, ff, b1
+        The written maps (derivative paths).
     """
     workflow = Workflow(name="mese_wf")
     te_ms = ", ".join(f"{t * 1000:.1f}" for t in rin.mese.echo_times_s)
@@ -146,6 +172,7 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
         "and a two-component water/fat model with fixed fat T2 and T1 (Marty et al. 2016) gave water T2, "
         "fat fraction and B1."
     )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written", *MESE_MAPS]), name="outputnode")
     files = [str(f) for f in rin.mese.files]
     volumes = [m.get("VolumeIndex") for m in rin.mese.metadata]
     n4 = pe.Node(N4BiasCorrection(in_files=files, volumes=volumes, sloppy=config.sloppy, prefix="mese"), name="n4_mese")
@@ -162,19 +189,114 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     workflow.connect([(n4, fit, [("out_file", "in_file"), ("mask", "mask")])])
     ent = rin.entities
     outputs = (
-        ("t2", {**ent}, "T2map", {"Units": "s", "Description": "single-component EPG T2"}, "single_metadata"),
-        ("pd", {**ent}, "PDmap", {"Units": "arbitrary", "Description": "proton density back-extrapolated to t=0"}, "single_metadata"),
+        ("t2", ent, "T2map", {"Units": "s", "Description": "single-component EPG T2"}, "single_metadata"),
+        ("pd", ent, "PDmap", {"Units": "arbitrary", "Description": "proton density back-extrapolated to t=0"}, "single_metadata"),
         ("water_t2", {**ent, "desc": "water"}, "T2map", {"Units": "s", "Description": DESCRIPTIONS["water"]}, "water_fat_metadata"),
         ("ff", {**ent, "desc": "mese"}, "FFmap", {"Units": "percent", "Description": DESCRIPTIONS["mese"]}, "water_fat_metadata"),
-        ("b1", {**ent, "desc": "epg"}, "TB1map", {"Units": "arbitrary", "Description": "transmit field as a fraction of the nominal flip angles (1 = nominal)"}, "water_fat_metadata"),
+        ("b1", {**ent, "desc": "epg"}, "TB1map",
+         {"Units": "arbitrary", "Description": "transmit field as a fraction of the nominal flip angles (1 = nominal)"},
+         "water_fat_metadata"),
     )
     sinks = []
     for field, entities, suffix, meta, fit_meta in outputs:
         ds = _sink(config, f"ds_{field}", entities, suffix, files, meta)
-        workflow.connect([(fit, ds, [(field, "in_file"), ((fit_meta, _merged_metadata, meta), "metadata")])])
-        sinks.append(ds)
-    _merge_sinks(workflow, sinks)
+        workflow.connect([
+            (fit, ds, [(field, "in_file"), ((fit_meta, _merged_metadata, meta), "metadata")]),
+            (ds, outputnode, [("out_file", field)]),
+        ])
+        sinks.append((ds, "out_file"))
+    _collect(workflow, sinks, outputnode)
     return workflow
+
+
+def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Workflow:
+    """Muscle labels per network, muscle region, IMAT and the per-muscle biomarker tables.
+
+    Inputs
+    ------
+    inputnode.reference
+        Bias-corrected anatomical reference.
+    inputnode.ff
+        Fat-fraction map for the IMAT threshold (optional).
+    inputnode.mese_<map>
+        MESE maps summarised per muscle (optional).
+
+    Outputs
+    -------
+    outputnode.written
+        Derivatives written.
+    """
+    workflow = Workflow(name="segmentation_wf")
+    workflow.__desc__ = (
+        f"Individual muscles were segmented on the anatomical reference with {', '.join(networks)} "
+        "after splitting and mirroring the legs (Rohm et al. 2021; Agosti et al. 2021). The muscle region "
+        "(muscles and the fat between them, without bone or subcutaneous fat) was the union of the muscle "
+        "labels closed in-plane, intramuscular adipose tissue (IMAT) its voxels with fat fraction above 50 % "
+        "(Amer et al. 2022), and per-muscle biomarkers were the statistics of each map inside each label "
+        "(Hostin et al. 2023)."
+    )
+    map_fields = [f"mese_{m}" for m in MESE_MAPS]
+    inputnode = pe.Node(niu.IdentityInterface(fields=["reference", "ff", *map_fields]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
+    ent = rin.entities
+    sources = [rin.anatomical_reference]
+    written = []
+    merge_dseg = pe.Node(niu.Merge(len(networks)), name="merge_dseg", run_without_submitting=True)
+    for k, network in enumerate(networks):
+        seg = pe.Node(
+            SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir,
+                           num_threads=config.omp_nthreads),
+            name=f"seg_{network}",
+            n_procs=config.omp_nthreads,
+        )
+        ds = _sink(config, f"ds_dseg_{network}", {**ent, "desc": network}, "dseg", sources,
+                   {"Description": f"individual muscles segmented by {network}", "LabelTable": f"desc-{network}_dseg.tsv"},
+                   dtype="int16")
+        workflow.connect([
+            (inputnode, seg, [("reference", "in_file")]),
+            (seg, ds, [(("dsegs", _first), "in_file")]),
+            (ds, merge_dseg, [("out_file", f"in{k + 1}")]),
+        ])
+        written.append((ds, "out_file"))
+
+    region = pe.Node(MuscleRegionIMAT(), name="muscle_region")
+    ds_region = _sink(config, "ds_muscleregion", {**ent, "desc": "muscleregion"}, "mask", sources,
+                      {"Description": DESCRIPTIONS["muscleregion"], "Network": networks[0]}, dtype="uint8")
+    workflow.connect([
+        (merge_dseg, region, [(("out", _first), "dseg")]),
+        (region, ds_region, [("muscle_region", "in_file")]),
+    ])
+    written.append((ds_region, "out_file"))
+    biomarkers = pe.Node(
+        MuscleBiomarkers(
+            networks=networks, region=rin.region, erode_mm=config.erode_mm, out_dir=str(config.output_dir),
+            entities=ent, source_files=[str(f) for f in rin.all_files()], bids_dir=str(config.bids_dir),
+        ),
+        name="biomarkers",
+    )
+    workflow.connect([
+        (merge_dseg, biomarkers, [("out", "dsegs")]),
+        (ds_region, biomarkers, [("out_file", "muscle_region")]),
+    ])
+    if rin.mese is not None:
+        ds_imat = _sink(config, "ds_imat", {**ent, "desc": "imat"}, "mask", sources + list(rin.mese.files),
+                        {"Description": DESCRIPTIONS["imat"], "Method": "threshold", "FatFractionCut_percent": 50.0},
+                        dtype="uint8")
+        workflow.connect([
+            (inputnode, region, [("ff", "ff_map")]),
+            (region, ds_imat, [("imat_mask", "in_file")]),
+            (ds_imat, biomarkers, [("out_file", "imat_mask")]),
+            (inputnode, biomarkers, [("mese_t2", "t2"), ("mese_pd", "pd"), ("mese_water_t2", "water_t2"),
+                                     ("mese_ff", "ff_mese"), ("mese_b1", "b1")]),
+        ])
+        written.append((ds_imat, "out_file"))
+    written += [(biomarkers, "out_table"), (biomarkers, "out_slices")]
+    _collect(workflow, written, outputnode)
+    return workflow
+
+
+def _first(items):
+    return items[0] if isinstance(items, list) else items
 
 
 def _merged_metadata(fit_metadata: dict, base: dict) -> dict:

@@ -1,0 +1,128 @@
+"""Per-muscle biomarker tables from segmentations and quantitative maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
+
+from bids_muscle import bids
+from bids_muscle.interfaces.images import voxel_sizes
+from bids_muscle.seg.infer import resample_labels
+from bids_muscle.seg.labels import load_label_table
+from bids_muscle.stats.biomarkers import column_descriptions, muscle_table, slice_table
+
+#: Biomarker column name of each map and the factor from its file unit.
+MAP_COLUMNS = {
+    "water_t2": ("water_t2_ms", 1000.0),
+    "t2": ("t2_ms", 1000.0),
+    "ff_mese": ("ff_mese_percent", 1.0),
+    "ff_dixon": ("ff_dixon_percent", 1.0),
+    "pd": ("pd", 1.0),
+    "b1": ("b1", 1.0),
+    "mtr": ("mtr_percent", 1.0),
+    "r2star": ("r2star_hz", 1.0),
+}
+
+
+def _grid_key(img) -> tuple:
+    return img.shape[:3], tuple(np.round(img.affine, 4).ravel())
+
+
+def _mask_on_grid(path: str, target) -> np.ndarray:
+    img = nb.load(path)
+    mask = np.asarray(img.dataobj).astype(np.uint8)
+    if _grid_key(img) != _grid_key(target):
+        mask = resample_labels(mask, img.affine, target.shape[:3], target.affine)
+    return mask > 0
+
+
+def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], erode_mm: float = 0.0,
+                     imat_file: str | None = None, region_file: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Muscle and slice tables of one segmentation; maps on other grids get resampled labels."""
+    labels = load_label_table(region)
+    seg_img = nb.load(dseg_file)
+    seg = np.asarray(seg_img.dataobj).astype(np.int32)
+    masks = {k: _mask_on_grid(f, seg_img) if f else None for k, f in (("imat", imat_file), ("region", region_file))}
+    grids: dict[tuple, dict] = {}
+    for name, path in map_files.items():
+        img = nb.load(path)
+        grids.setdefault(_grid_key(img), {"img": img, "maps": {}})["maps"][MAP_COLUMNS[name][0]] = (
+            np.asarray(img.dataobj, dtype=np.float32) * MAP_COLUMNS[name][1]
+        )
+    base = muscle_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"],
+                        muscle_region_mask=masks["region"], erode_mm=erode_mm)
+    slices = slice_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"], muscle_region_mask=masks["region"])
+    for grid in grids.values():
+        img = grid["img"]
+        same = _grid_key(img) == _grid_key(seg_img)
+        seg_here = seg if same else resample_labels(seg, seg_img.affine, img.shape[:3], img.affine)
+        table = muscle_table(seg_here, voxel_sizes(img.affine), labels, grid["maps"], erode_mm=erode_mm)
+        stats = [c for c in table.columns if any(c.startswith(m + "_") for m in grid["maps"])]
+        base = base.merge(table[["label", *stats]], on="label", how="left")
+        if same:
+            per_slice = slice_table(seg_here, voxel_sizes(img.affine), labels, grid["maps"])
+            keep = ["slice", "label", *[c for c in per_slice.columns if any(c.startswith(m + "_") for m in grid["maps"])]]
+            slices = slices.merge(per_slice[keep], on=["slice", "label"], how="left")
+    return base, slices, sorted({m for g in grids.values() for m in g["maps"]})
+
+
+class _BiomarkersInputSpec(BaseInterfaceInputSpec):
+    dsegs = InputMultiObject(File(exists=True), mandatory=True, desc="one muscle label map per network")
+    networks = traits.List(traits.Str, mandatory=True, desc="network name of each label map")
+    region = traits.Enum("thigh", "calf", mandatory=True)
+    water_t2 = File(exists=True, desc="water T2 map (s)")
+    t2 = File(exists=True, desc="T2 map (s)")
+    ff_mese = File(exists=True, desc="MESE fat fraction (percent)")
+    ff_dixon = File(exists=True, desc="Dixon fat fraction (percent)")
+    pd = File(exists=True, desc="proton density")
+    b1 = File(exists=True, desc="relative B1")
+    mtr = File(exists=True, desc="MTR (percent)")
+    r2star = File(exists=True, desc="R2* (1/s)")
+    imat_mask = File(exists=True)
+    muscle_region = File(exists=True)
+    erode_mm = traits.Float(0.0, usedefault=True)
+    out_dir = Directory(mandatory=True)
+    entities = traits.Dict(mandatory=True)
+    source_files = traits.List(traits.Str, desc="raw inputs (BIDS URIs are derived)")
+    bids_dir = Directory(exists=True, mandatory=True)
+
+
+class _BiomarkersOutputSpec(TraitedSpec):
+    out_table = File(desc="per-muscle table")
+    out_slices = File(desc="per-slice table")
+
+
+class MuscleBiomarkers(SimpleInterface):
+    """One row per muscle x network with volume, IMAT fraction and statistics of every map."""
+
+    input_spec = _BiomarkersInputSpec
+    output_spec = _BiomarkersOutputSpec
+
+    def _map_files(self) -> dict[str, str]:
+        return {name: getattr(self.inputs, name) for name in MAP_COLUMNS if getattr(self.inputs, name)}
+
+    def _run_interface(self, runtime):
+        if len(self.inputs.dsegs) != len(self.inputs.networks):
+            raise ValueError("one network name per segmentation is needed")
+        muscles, slices, names = [], [], []
+        for dseg, net in zip(self.inputs.dsegs, self.inputs.networks):
+            table, per_slice, names = biomarker_tables(
+                dseg, self.inputs.region, self._map_files(), self.inputs.erode_mm,
+                self.inputs.imat_mask or None, self.inputs.muscle_region or None,
+            )
+            muscles.append(table.assign(network=net))
+            slices.append(per_slice.assign(network=net))
+        descriptions = column_descriptions(names)
+        descriptions["network"] = {"Description": "segmentation network that produced the muscle masks"}
+        sources = [bids.bids_uri(Path(f), Path(self.inputs.bids_dir)) for f in dict.fromkeys(self.inputs.source_files)]
+        sidecar = {"Sources": sources, "ErosionRadius_mm": self.inputs.erode_mm, **descriptions}
+        entities = {k: v for k, v in self.inputs.entities.items() if v}
+        out_dir = Path(self.inputs.out_dir)
+        tsv = lambda df: df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")  # noqa: E731
+        self._results["out_table"] = str(bids.write_derivative_table(out_dir, entities, "biomarkers", tsv(pd.concat(muscles)), sidecar))
+        self._results["out_slices"] = str(bids.write_derivative_table(out_dir, entities, "slices", tsv(pd.concat(slices)), sidecar))
+        return runtime

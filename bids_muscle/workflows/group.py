@@ -1,0 +1,36 @@
+"""Group workflow: reads the participant derivatives only, never the raw images."""
+
+from __future__ import annotations
+
+from nipype.pipeline import engine as pe
+from niworkflows.engine.workflows import LiterateWorkflow as Workflow
+
+from bids_muscle.config import Config
+from bids_muscle.interfaces.group import AggregateBiomarkers
+from bids_muscle.interfaces.reports import GroupReport
+
+
+def init_group_wf(config: Config) -> Workflow:
+    """Aggregate participant biomarker tables into ``<out>/group/``.
+
+    Outputs
+    -------
+    ``group/biomarkers.tsv`` (one row per participant, session, site, region,
+    side, muscle and network), ``biomarkers_wide.tsv``, ``site_summary.tsv``,
+    ``site_effects.tsv`` (several sites), ``network_differences.tsv`` and
+    ``bland_altman.tsv`` (several networks), ``excluded.tsv`` and
+    ``report.html``.
+    """
+    workflow = Workflow(name="group_wf")
+    workflow.__desc__ = "Participant biomarker tables were aggregated per site, region, muscle and network."
+    aggregate = pe.Node(
+        AggregateBiomarkers(
+            out_dir=str(config.output_dir),
+            participants_tsv=str(config.bids_dir / "participants.tsv"),
+            site_column=config.site_column,
+        ),
+        name="aggregate",
+    )
+    report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command), name="report")
+    workflow.connect(aggregate, "tables", report, "tables")
+    return workflow
