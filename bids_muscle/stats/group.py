@@ -1,0 +1,444 @@
+"""Group-level tables and agreement statistics from per-participant tables.
+
+The group level reads derivative tables only. Each participant table is a
+biomarker table (:func:`bids_muscle.stats.biomarkers.muscle_table`) or a
+segmentation comparison (:func:`bids_muscle.stats.agreement.compare_segmentations`),
+with or without its identifying columns; :func:`stack_tables` adds the
+identifiers and stacks them into one *tidy* table: one row per participant,
+session, site, region, side, muscle and network, with the metrics as
+columns. Everything else works on that table with ``groupby`` and array
+operations, so thousands of participants take seconds.
+
+Differences between networks follow the convention of
+:mod:`bids_muscle.stats.agreement`: ``delta = value_a - value_b`` with
+``network_b`` the reference (Hostin 2023: ``dX = X_automatic - X_manual``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from bids_muscle.stats import agreement
+
+__all__ = [
+    "DESCRIPTOR_COLUMNS",
+    "ID_COLUMNS",
+    "MISSING",
+    "agreement_metrics",
+    "long_table",
+    "metric_columns",
+    "network_differences",
+    "pairwise_bland_altman",
+    "pairwise_g20",
+    "segmentation_agreement_summary",
+    "site_effects",
+    "site_summary",
+    "stack_tables",
+    "wide_table",
+]
+
+ID_COLUMNS = ("participant", "session", "site", "region", "side", "muscle", "network")
+DESCRIPTOR_COLUMNS = ("label", "name", "abbreviation", "slice")
+MISSING = "n/a"
+_KEYS_NO_NETWORK = tuple(c for c in ID_COLUMNS if c != "network")
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """Numeric columns of ``table`` that are neither identifiers nor descriptors."""
+    skip = set(ID_COLUMNS) | set(DESCRIPTOR_COLUMNS)
+    return [c for c in table.columns
+            if c not in skip and pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+
+
+def agreement_metrics(table: pd.DataFrame) -> list[str]:
+    """Default metrics compared between networks.
+
+    ``volume_ml``, ``imat_fraction`` and every ``<map>_mean`` column that
+    is present: the quantities of Hostin 2023 (volume, FF, MTR, T2 ...).
+    """
+    cols = [c for c in ("volume_ml", "imat_fraction") if c in table.columns]
+    return cols + [c for c in table.columns if c.endswith("_mean")]
+
+
+def stack_tables(
+    tables: Iterable[pd.DataFrame],
+    metadata: Iterable[Mapping[str, object]] | None = None,
+) -> pd.DataFrame:
+    """Stack participant tables into one tidy table.
+
+    Parameters
+    ----------
+    tables : iterable of pandas.DataFrame
+        Per-participant tables (one row per muscle, or per muscle and
+        network).
+    metadata : iterable of dict, optional
+        One dict per table with identifier values (``participant``,
+        ``session``, ``site``, ``region``, ``network`` ...) for columns the
+        table lacks; a value given here for a column the table has raises
+        ValueError.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All rows, the columns of :data:`ID_COLUMNS` first (missing
+        identifiers filled with ``"n/a"``), then the others in first-seen
+        order.
+    """
+    tables = list(tables)
+    if not tables:
+        raise ValueError("no tables to stack")
+    meta = [dict(m) for m in metadata] if metadata is not None else [{} for _ in tables]
+    if len(meta) != len(tables):
+        raise ValueError(f"{len(tables)} tables but {len(meta)} metadata entries")
+    for i, (tab, m) in enumerate(zip(tables, meta)):
+        clash = set(m) & set(tab.columns)
+        if clash:
+            raise ValueError(f"table {i}: metadata repeats columns {sorted(clash)}")
+    stacked = pd.concat(tables, ignore_index=True, sort=False)
+    lengths = np.array([len(t) for t in tables])
+    for key in sorted({k for m in meta for k in m}):
+        values = np.array([m.get(key, MISSING) for m in meta], dtype=object)
+        column = np.repeat(values, lengths)
+        if key in stacked.columns:
+            known = stacked[key].notna().to_numpy()
+            column = np.where(known, stacked[key].to_numpy(dtype=object), column)
+        stacked[key] = column
+    for key in ID_COLUMNS:
+        if key not in stacked.columns:
+            stacked[key] = MISSING
+        else:
+            stacked[key] = stacked[key].astype(object).where(stacked[key].notna(), MISSING).astype(str)
+    order = list(ID_COLUMNS) + [c for c in stacked.columns if c not in ID_COLUMNS]
+    return stacked[order]
+
+
+def long_table(tidy: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Long format: identifiers, ``metric`` and ``value`` (one row per value)."""
+    metrics = list(metrics) if metrics is not None else metric_columns(tidy)
+    _require(tidy, list(ID_COLUMNS) + metrics)
+    out = tidy.melt(id_vars=list(ID_COLUMNS), value_vars=metrics, var_name="metric", value_name="value")
+    return out
+
+
+def wide_table(
+    tidy: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    index: Sequence[str] = ("participant", "session", "site"),
+    sep: str = "__",
+) -> pd.DataFrame:
+    """Wide format: one row per ``index`` value, one column per value.
+
+    Columns are named ``region, muscle, side, network, metric`` joined with
+    ``sep`` (for example ``thigh__vastus_lateralis__right__hrnet__volume_ml``);
+    identifier values that are ``"n/a"`` are left out of the name.
+    """
+    metrics = list(metrics) if metrics is not None else metric_columns(tidy)
+    index = list(index)
+    columns = [c for c in ("participant", "session", "site", "region", "muscle", "side", "network")
+               if c not in index]
+    _require(tidy, index + columns + metrics)
+    keyed = tidy.set_index(index + columns)[metrics]
+    if keyed.index.has_duplicates:
+        raise ValueError("tables hold duplicate rows for the same participant, muscle and network")
+    wide = keyed.unstack(columns)
+    level_order = list(range(1, len(columns) + 1)) + [0]
+    wide.columns = [sep.join(str(part) for part in (col[i] for i in level_order) if part != MISSING)
+                    for col in wide.columns]
+    return wide.reset_index()
+
+
+def site_summary(
+    tidy: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] = ("site", "region", "muscle", "network"),
+) -> pd.DataFrame:
+    """Median and interquartile range of every metric per group.
+
+    Parameters
+    ----------
+    tidy : pandas.DataFrame
+        Output of :func:`stack_tables`.
+    metrics : sequence of str, optional
+        Metric columns (default: all, :func:`metric_columns`).
+    by : sequence of str
+        Grouping columns; the default pools the two sides of a muscle.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by`` columns, ``metric``, ``n`` (non-missing values), ``median``,
+        ``q1``, ``q3`` and ``iqr`` (linear interpolation), one row per
+        group and metric in the order of ``metrics``.
+    """
+    metrics = list(metrics) if metrics is not None else metric_columns(tidy)
+    by = list(by)
+    _require(tidy, by + metrics)
+    values = tidy[by + metrics].copy()
+    values[metrics] = values[metrics].apply(pd.to_numeric, errors="coerce")
+    grouped = values.groupby(by, sort=True, observed=True)[metrics]
+    n = grouped.count()
+    keys = n.index.to_frame(index=False)
+    out = keys.loc[keys.index.repeat(len(metrics))].reset_index(drop=True)
+    out["metric"] = np.tile(np.asarray(metrics, dtype=object), len(keys))
+    out["n"] = n.to_numpy(dtype=np.int64).ravel()
+    out["median"] = grouped.median().to_numpy(dtype=float).ravel()
+    out["q1"] = grouped.quantile(0.25).to_numpy(dtype=float).ravel()
+    out["q3"] = grouped.quantile(0.75).to_numpy(dtype=float).ravel()
+    out["iqr"] = out["q3"] - out["q1"]
+    return out
+
+
+def network_differences(
+    tidy: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    reference: str | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+) -> pd.DataFrame:
+    """Biomarker differences between networks, muscle by muscle.
+
+    Parameters
+    ----------
+    tidy : pandas.DataFrame
+        Output of :func:`stack_tables` with several values of ``network``
+        (a manual segmentation counts as one, e.g. ``network="manual"``).
+    metrics : sequence of str, optional
+        Metrics to compare (default :func:`agreement_metrics`).
+    reference : str, optional
+        Compare every other network with this one (``network_b``).
+    pairs : sequence of (str, str), optional
+        Explicit ``(network_a, network_b)`` pairs. Without ``reference`` and
+        ``pairs``, every pair of networks in sorted order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per participant, session, site, region, side, muscle and
+        pair where both networks have a row: identifier columns,
+        ``network_a``, ``network_b`` and for each metric ``m``: ``m_a``,
+        ``m_b`` and ``delta_m = m_a - m_b``.
+    """
+    metrics = list(metrics) if metrics is not None else agreement_metrics(tidy)
+    if not metrics:
+        raise ValueError("no metrics to compare")
+    keys = list(_KEYS_NO_NETWORK)
+    _require(tidy, list(ID_COLUMNS) + metrics)
+    networks = sorted(tidy["network"].unique())
+    if pairs is None:
+        if reference is not None:
+            if reference not in networks:
+                raise ValueError(f"reference network {reference!r} not in the tables {networks}")
+            pairs = [(n, reference) for n in networks if n != reference]
+        else:
+            pairs = list(combinations(networks, 2))
+    for na, nb in pairs:
+        if na not in networks or nb not in networks:
+            raise ValueError(f"pair ({na!r}, {nb!r}) names a network not in the tables {networks}")
+    keyed = tidy.set_index(keys + ["network"])[metrics]
+    if keyed.index.has_duplicates:
+        raise ValueError("tables hold duplicate rows for the same participant, muscle and network")
+    by_network = keyed.unstack("network")
+    index_frame = by_network.index.to_frame(index=False)
+
+    blocks = []
+    for na, nb in pairs:
+        both = by_network.xs(na, axis=1, level="network").notna().any(axis=1).to_numpy() & \
+            by_network.xs(nb, axis=1, level="network").notna().any(axis=1).to_numpy()
+        block = {k: index_frame[k].to_numpy()[both] for k in keys}
+        block["network_a"] = np.full(both.sum(), na, dtype=object)
+        block["network_b"] = np.full(both.sum(), nb, dtype=object)
+        for m in metrics:
+            va = by_network[(m, na)].to_numpy(dtype=float)[both]
+            vb = by_network[(m, nb)].to_numpy(dtype=float)[both]
+            block[f"{m}_a"] = va
+            block[f"{m}_b"] = vb
+            block[f"delta_{m}"] = va - vb
+        blocks.append(pd.DataFrame(block))
+    return pd.concat(blocks, ignore_index=True)
+
+
+def _delta_metrics(differences: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    if metrics is None:
+        return [c[len("delta_"):] for c in differences.columns if c.startswith("delta_")]
+    return list(metrics)
+
+
+def pairwise_bland_altman(
+    differences: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] = ("network_a", "network_b", "region"),
+) -> pd.DataFrame:
+    """Bland-Altman statistics per network pair (and further groups).
+
+    Parameters
+    ----------
+    differences : pandas.DataFrame
+        Output of :func:`network_differences` (or any table with
+        ``delta_<metric>`` columns and the ``by`` columns).
+    metrics : sequence of str, optional
+        Metrics (default: every ``delta_`` column).
+    by : sequence of str
+        Grouping columns; add ``"muscle"`` for per-muscle limits.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by`` columns, ``metric``, ``n``, ``bias`` (mean of a - b), ``sd``
+        (ddof=1), ``loa_low``, ``loa_high`` (bias -/+ 1.96 sd), as
+        :func:`bids_muscle.stats.agreement.bland_altman`.
+    """
+    metrics = _delta_metrics(differences, metrics)
+    by = list(by)
+    cols = [f"delta_{m}" for m in metrics]
+    _require(differences, by + cols)
+    deltas = differences[by + cols].copy()
+    deltas[cols] = deltas[cols].where(np.isfinite(deltas[cols].to_numpy(dtype=float)))
+    grouped = deltas.groupby(by, sort=True, observed=True)[cols]
+    n = grouped.count()
+    keys = n.index.to_frame(index=False)
+    out = keys.loc[keys.index.repeat(len(cols))].reset_index(drop=True)
+    out["metric"] = np.tile(np.asarray(metrics, dtype=object), len(keys))
+    out["n"] = n.to_numpy(dtype=np.int64).ravel()
+    out["bias"] = grouped.mean().to_numpy(dtype=float).ravel()
+    out["sd"] = grouped.std(ddof=1).to_numpy(dtype=float).ravel()
+    out["loa_low"] = out["bias"] - 1.96 * out["sd"]
+    out["loa_high"] = out["bias"] + 1.96 * out["sd"]
+    return out
+
+
+def pairwise_g20(
+    differences: pd.DataFrame,
+    ff_metric: str,
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] = ("network_a", "network_b", "region"),
+    threshold_percent: float = 20.0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """G20- / G20+ comparison (Hostin 2023) for every network pair.
+
+    Muscles are split by the fat fraction measured with the reference
+    network (``<ff_metric>_b``); see
+    :func:`bids_muscle.stats.agreement.g20_comparison` for the tests.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by`` columns, ``metric`` and the keys of ``g20_comparison``.
+    """
+    metrics = _delta_metrics(differences, metrics)
+    by = list(by)
+    _require(differences, by + [f"{ff_metric}_b"] + [f"{m}_{s}" for m in metrics for s in "ab"])
+    rows = []
+    for key, group in differences.groupby(by, sort=True, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        ff = group[f"{ff_metric}_b"].to_numpy(dtype=float)
+        for m in metrics:
+            res = agreement.g20_comparison(ff, group[f"{m}_a"].to_numpy(dtype=float),
+                                           group[f"{m}_b"].to_numpy(dtype=float),
+                                           threshold_percent=threshold_percent, alpha=alpha)
+            rows.append({**dict(zip(by, key)), "metric": m, **res})
+    return pd.DataFrame(rows)
+
+
+def site_effects(
+    tidy: pd.DataFrame,
+    metrics: Sequence[str] | None = None,
+    by: Sequence[str] = ("region", "muscle", "side", "network"),
+) -> pd.DataFrame:
+    """Kruskal-Wallis test of a site effect for every metric and group.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``by`` columns, ``metric``, ``statistic`` (H), ``p_value``,
+        ``n_sites``, ``n``; see :func:`bids_muscle.stats.agreement.site_effect`.
+    """
+    metrics = list(metrics) if metrics is not None else agreement_metrics(tidy)
+    by = list(by)
+    _require(tidy, by + ["site"] + metrics)
+    rows = []
+    for key, group in tidy.groupby(by, sort=True, observed=True):
+        key = key if isinstance(key, tuple) else (key,)
+        sites = group["site"].to_numpy()
+        for m in metrics:
+            res = agreement.site_effect(group[m].to_numpy(dtype=float), sites)
+            rows.append({**dict(zip(by, key)), "metric": m, **res})
+    return pd.DataFrame(rows)
+
+
+def segmentation_agreement_summary(
+    comparisons: pd.DataFrame,
+    by: Sequence[str] = ("network", "region"),
+) -> pd.DataFrame:
+    """Summary of stacked segmentation comparisons (Hostin 2023, Table 1).
+
+    Parameters
+    ----------
+    comparisons : pandas.DataFrame
+        Stacked outputs of
+        :func:`bids_muscle.stats.agreement.compare_segmentations` (network
+        under test in ``network``) with the ``by`` columns.
+    by : sequence of str
+        Grouping columns.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per group: ``n`` (muscles in the reference), ``dice_mean``,
+        ``dice_sd``, ``dice_median`` (absent muscles count with Dice 0),
+        ``outlier_rate`` (Dice below
+        ``Q1 - 1.5 IQR`` of the group, over muscles found by both),
+        ``absence_rate``, ``hd95_median_mm``, ``assd_median_mm``, and for
+        every ``delta_<m>`` column ``bias_<m>``, ``sd_<m>`` and
+        ``r_dice_abs_<m>`` (Pearson correlation of Dice with the absolute
+        error over muscles found by both).
+    """
+    by = list(by)
+    need = by + ["dice", "present_a", "present_b"]
+    _require(comparisons, need)
+    deltas = [c for c in comparisons.columns if c.startswith("delta_")]
+    frame = comparisons.loc[comparisons["present_b"].astype(bool)].copy()
+    found = frame["present_a"].astype(bool)
+    frame["absent_"] = (~found).astype(float)
+    frame["dice_found_"] = frame["dice"].where(found)
+
+    grouped = frame.groupby(by, sort=True, observed=True)
+    out = grouped.size().rename("n").to_frame()
+    out["dice_mean"] = grouped["dice"].mean()
+    out["dice_sd"] = grouped["dice"].std(ddof=1)
+    out["dice_median"] = grouped["dice"].median()
+    q1 = grouped["dice_found_"].transform(lambda s: s.quantile(0.25))
+    q3 = grouped["dice_found_"].transform(lambda s: s.quantile(0.75))
+    frame["outlier_"] = (frame["dice_found_"] < q1 - 1.5 * (q3 - q1)).astype(float).where(
+        frame["dice_found_"].notna())
+    grouped = frame.groupby(by, sort=True, observed=True)
+    out["outlier_rate"] = grouped["outlier_"].mean()
+    out["absence_rate"] = grouped["absent_"].mean()
+    for col in ("hd95_mm", "assd_mm"):
+        if col in frame.columns:
+            out[f"{col[:-3]}_median_mm"] = grouped[col].median()
+    for col in deltas:
+        m = col[len("delta_"):]
+        out[f"bias_{m}"] = grouped[col].mean()
+        out[f"sd_{m}"] = grouped[col].std(ddof=1)
+        frame[f"abs_{m}_"] = frame[col].abs()
+        pair = frame[["dice_found_", f"abs_{m}_"]].dropna()
+        pair = pair.join(frame[by])
+        out[f"r_dice_abs_{m}"] = pair.groupby(by, sort=True, observed=True).apply(
+            _pearson, include_groups=False)
+    return out.reset_index()
+
+
+def _pearson(group: pd.DataFrame) -> float:
+    x = group.iloc[:, 0].to_numpy(dtype=float)
+    y = group.iloc[:, 1].to_numpy(dtype=float)
+    return agreement.dice_error_correlation(x, y)["r"]
+
+
+def _require(table: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"table lacks columns {missing}")
