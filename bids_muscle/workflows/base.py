@@ -12,7 +12,7 @@ from bids_muscle.config import Config
 from bids_muscle.interfaces.bias import N4BiasCorrection
 from bids_muscle.interfaces.biomarkers import MuscleBiomarkers
 from bids_muscle.interfaces.derivatives import DerivativesSink
-from bids_muscle.interfaces.qmaps import FitMESE
+from bids_muscle.interfaces.qmaps import ComputeMTR, FitMEGRE, FitMESE
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
 
@@ -135,6 +135,16 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         mese_wf = init_mese_wf(config, rin)
         written.append((mese_wf, "outputnode.written"))
 
+    dixon_wf = None
+    if rin.megre_mag is not None:
+        dixon_wf = init_dixon_wf(config, rin)
+        written.append((dixon_wf, "outputnode.written"))
+
+    mtr_wf = None
+    if rin.mt_on is not None:
+        mtr_wf = init_mtr_wf(config, rin)
+        written.append((mtr_wf, "outputnode.written"))
+
     if networks:
         seg_wf = init_segmentation_wf(config, rin, networks)
         workflow.connect(n4_ref, "reference", seg_wf, "inputnode.reference")
@@ -143,6 +153,13 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
             workflow.connect(mese_wf, "outputnode.ff", seg_wf, "inputnode.ff")
             for field in MESE_MAPS:
                 workflow.connect(mese_wf, f"outputnode.{field}", seg_wf, f"inputnode.mese_{field}")
+        elif dixon_wf is not None:
+            workflow.connect(dixon_wf, "outputnode.ff", seg_wf, "inputnode.ff")
+        if dixon_wf is not None:
+            workflow.connect([(dixon_wf, seg_wf, [("outputnode.ff", "inputnode.ff_dixon"),
+                                                  ("outputnode.r2star", "inputnode.r2star")])])
+        if mtr_wf is not None:
+            workflow.connect(mtr_wf, "outputnode.mtr", seg_wf, "inputnode.mtr")
     _collect(workflow, written, outputnode)
     return workflow
 
@@ -209,6 +226,73 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     return workflow
 
 
+def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
+    """Fat fraction, R2* and B0 from a multi-echo gradient echo.
+
+    Outputs
+    -------
+    outputnode.written
+        Derivatives written.
+    outputnode.ff, r2star
+        The written maps (derivative paths; R2* only with phase images).
+    """
+    workflow = Workflow(name="dixon_wf")
+    te_ms = ", ".join(f"{t * 1000:.2f}" for t in rin.megre_mag.echo_times_s)
+    complex_data = rin.megre_phase is not None
+    workflow.__desc__ = (
+        f"The multi-echo gradient echo ({len(rin.megre_mag.files)} echoes, TE {te_ms} ms, "
+        f"{rin.field_strength_t:g} T) was separated into water and fat with a 6-peak fat spectrum "
+        + ("by variable projection over an off-resonance grid with a spatially grown field map, also giving "
+           "R2* and the B0 field map." if complex_data else
+           "from the magnitude images only (fat fraction limited to 0-50 %, water assumed dominant).")
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "ff", "r2star"]), name="outputnode")
+    fit = pe.Node(
+        FitMEGRE(magnitude=[str(f) for f in rin.megre_mag.files], echo_times=list(rin.megre_mag.echo_times_s),
+                 field_strength=rin.field_strength_t),
+        name="fit_megre",
+        n_procs=config.omp_nthreads,
+    )
+    sources = list(rin.megre_mag.files)
+    if complex_data:
+        fit.inputs.phase = [str(f) for f in rin.megre_phase.files]
+        sources += list(rin.megre_phase.files)
+    ent = rin.entities
+    outputs = [("ff", {**ent, "desc": "dixon"}, "FFmap", {"Units": "percent", "Description": DESCRIPTIONS["dixon"]})]
+    if complex_data:
+        outputs += [
+            ("r2star", ent, "R2starmap", {"Units": "1/s", "Description": "R2* of the water-fat model"}),
+            ("b0", {**ent, "desc": "b0"}, "fieldmap", {"Units": "Hz", "Description": DESCRIPTIONS["b0"]}),
+        ]
+    sinks = []
+    for field, entities, suffix, meta in outputs:
+        ds = _sink(config, f"ds_{field}", entities, suffix, sources, meta)
+        workflow.connect([(fit, ds, [(field, "in_file"), (("metadata", _merged_metadata, meta), "metadata")])])
+        if field in ("ff", "r2star"):
+            workflow.connect(ds, "out_file", outputnode, field)
+        sinks.append((ds, "out_file"))
+    _collect(workflow, sinks, outputnode)
+    return workflow
+
+
+def init_mtr_wf(config: Config, rin: RegionInputs) -> Workflow:
+    """Magnetisation transfer ratio from MT-off and MT-on images.
+
+    Outputs
+    -------
+    outputnode.written, outputnode.mtr
+    """
+    workflow = Workflow(name="mtr_wf")
+    workflow.__desc__ = "The magnetisation transfer ratio was computed as MTR = 100 (M_off - M_on) / M_off."
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "mtr"]), name="outputnode")
+    compute = pe.Node(ComputeMTR(mt_off=str(rin.mt_off), mt_on=str(rin.mt_on)), name="compute_mtr")
+    ds = _sink(config, "ds_mtr", rin.entities, "MTRmap", [rin.mt_off, rin.mt_on],
+               {"Units": "percent", "Description": "magnetisation transfer ratio 100 (M_off - M_on) / M_off"})
+    workflow.connect([(compute, ds, [("mtr", "in_file")]), (ds, outputnode, [("out_file", "mtr")])])
+    _collect(workflow, [(ds, "out_file")], outputnode)
+    return workflow
+
+
 def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Workflow:
     """Muscle labels per network, muscle region, IMAT and the per-muscle biomarker tables.
 
@@ -235,7 +319,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
         "(Amer et al. 2022), and per-muscle biomarkers were the statistics of each map inside each label "
         "(Hostin et al. 2023)."
     )
-    map_fields = [f"mese_{m}" for m in MESE_MAPS]
+    map_fields = [f"mese_{m}" for m in MESE_MAPS] + ["ff_dixon", "r2star", "mtr"]
     inputnode = pe.Node(niu.IdentityInterface(fields=["reference", "ff", *map_fields]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
     ent = rin.entities
@@ -278,18 +362,26 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
         (merge_dseg, biomarkers, [("out", "dsegs")]),
         (ds_region, biomarkers, [("out_file", "muscle_region")]),
     ])
-    if rin.mese is not None:
-        ds_imat = _sink(config, "ds_imat", {**ent, "desc": "imat"}, "mask", sources + list(rin.mese.files),
+    if rin.megre_mag is not None:
+        workflow.connect(inputnode, "ff_dixon", biomarkers, "ff_dixon")
+        if rin.megre_phase is not None:
+            workflow.connect(inputnode, "r2star", biomarkers, "r2star")
+    if rin.mt_on is not None:
+        workflow.connect(inputnode, "mtr", biomarkers, "mtr")
+    if rin.mese is not None or rin.megre_mag is not None:
+        ff_sources = list(rin.mese.files) if rin.mese is not None else list(rin.megre_mag.files)
+        ds_imat = _sink(config, "ds_imat", {**ent, "desc": "imat"}, "mask", sources + ff_sources,
                         {"Description": DESCRIPTIONS["imat"], "Method": "threshold", "FatFractionCut_percent": 50.0},
                         dtype="uint8")
         workflow.connect([
             (inputnode, region, [("ff", "ff_map")]),
             (region, ds_imat, [("imat_mask", "in_file")]),
             (ds_imat, biomarkers, [("out_file", "imat_mask")]),
-            (inputnode, biomarkers, [("mese_t2", "t2"), ("mese_pd", "pd"), ("mese_water_t2", "water_t2"),
-                                     ("mese_ff", "ff_mese"), ("mese_b1", "b1")]),
         ])
         written.append((ds_imat, "out_file"))
+    if rin.mese is not None:
+        workflow.connect([(inputnode, biomarkers, [("mese_t2", "t2"), ("mese_pd", "pd"), ("mese_water_t2", "water_t2"),
+                                                   ("mese_ff", "ff_mese"), ("mese_b1", "b1")])])
     written += [(biomarkers, "out_table"), (biomarkers, "out_slices")]
     _collect(workflow, written, outputnode)
     return workflow

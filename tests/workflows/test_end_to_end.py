@@ -1,0 +1,89 @@
+"""The whole app through its command line on a 2-participant phantom, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "bids_muscle.cli.run", *map(str, args)], capture_output=True, text=True, timeout=900)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def derivatives(phantom_bids, tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e") / "out"
+    work = out.parent / "work"
+    code, log = _cli(phantom_bids, out, "participant", "--participant-label", "01", "02", "--sloppy", "-w", work, "--nprocs", "2")
+    assert code == 0, log
+    code, log = _cli(phantom_bids, out, "group", "-w", work)
+    assert code == 0, log
+    return out
+
+
+def test_pybids_indexes_every_output_and_every_image_has_sources(derivatives):
+    from bids.layout import BIDSLayout
+
+    layout = BIDSLayout(str(derivatives), validate=False)
+    images = layout.get(extension=".nii.gz")
+    on_disk = sorted(derivatives.glob("sub-*/anat/*.nii.gz"))
+    assert len(images) == len(on_disk) > 20
+    for img in images:
+        sidecar = json.loads((derivatives / img.relpath.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Sources"] and all(s.startswith("bids:raw:sub-") for s in sidecar["Sources"]), img.filename
+        assert "Units" in sidecar or img.entities["suffix"] in ("dseg", "mask", "T1w")
+    desc = json.loads((derivatives / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "bids_muscle"
+    assert (derivatives / ".bidsignore").is_file() and (derivatives / "descriptions.tsv").is_file()
+    for sub in ("01", "02"):
+        for region in ("thigh", "calf"):
+            for name in ("T2map", "desc-water_T2map", "PDmap", "desc-epg_TB1map", "desc-mese_FFmap"):
+                assert (derivatives / f"sub-{sub}/anat/sub-{sub}_acq-{region}_{name}.nii.gz").is_file()
+
+
+def test_maps_recover_the_phantom_truth(derivatives, phantom_bids):
+    truth_dir = phantom_bids / "derivatives/truth/sub-01/anat"
+    out_dir = derivatives / "sub-01/anat"
+    load = lambda p: np.asarray(nb.load(p).dataobj, dtype=float)  # noqa: E731
+    for region in ("thigh", "calf"):
+        muscle = load(truth_dir / f"sub-01_acq-{region}_dseg.nii.gz") > 0
+        ff_true = load(truth_dir / f"sub-01_acq-{region}_FFmap.nii.gz")
+        ff = load(out_dir / f"sub-01_acq-{region}_desc-mese_FFmap.nii.gz")
+        wt2_true = load(truth_dir / f"sub-01_acq-{region}_desc-water_T2map.nii.gz")
+        wt2 = load(out_dir / f"sub-01_acq-{region}_desc-water_T2map.nii.gz")
+        lean = muscle & (ff_true <= 60)
+        # --sloppy uses coarse dictionaries: looser than the benchmark targets
+        assert np.nanmedian(np.abs(ff[muscle] - ff_true[muscle])) < 2.0
+        assert np.nanmedian(np.abs(wt2[lean] - wt2_true[lean])) * 1000 < 1.5
+        assert np.mean(np.isfinite(wt2[lean])) > 0.95
+
+
+def test_segmentation_tables_and_reports(derivatives, phantom_bids):
+    for sub in ("01", "02"):
+        assert (derivatives / f"sub-{sub}.html").read_text().count("<figure>") >= 3
+        table = pd.read_csv(derivatives / f"sub-{sub}/anat/sub-{sub}_acq-thigh_biomarkers.tsv", sep="\t", na_values="n/a")
+        assert {"volume_ml", "water_t2_ms_mean", "ff_mese_percent_mean", "imat_fraction", "network"} <= set(table.columns)
+        truth = np.asarray(nb.load(phantom_bids / f"derivatives/truth/sub-{sub}/anat/sub-{sub}_acq-thigh_dseg.nii.gz").dataobj)
+        dseg = np.asarray(nb.load(derivatives / f"sub-{sub}/anat/sub-{sub}_acq-thigh_desc-unet2d_dseg.nii.gz").dataobj)
+        labels = np.unique(truth[truth > 0])
+        dice = [2 * np.sum((truth == v) & (dseg == v)) / (np.sum(truth == v) + np.sum(dseg == v)) for v in labels]
+        assert np.mean(dice) > 0.5
+    assert (derivatives / "desc-unet2d_dseg.tsv").read_text().startswith("index\tname\tabbreviation\tcolor")
+
+
+def test_group_outputs(derivatives):
+    group = derivatives / "group"
+    tidy = pd.read_csv(group / "biomarkers.tsv", sep="\t", na_values="n/a")
+    assert set(tidy["participant"].astype(str).str.zfill(2)) == {"01", "02"}
+    assert set(tidy["site"]) == {"siteA", "siteB"}
+    assert set(tidy["region"]) == {"thigh", "calf"}
+    for name in ("biomarkers_wide.tsv", "site_summary.tsv", "excluded.tsv", "report.html"):
+        assert (group / name).is_file(), name
+    assert pd.read_csv(group / "excluded.tsv", sep="\t").empty
