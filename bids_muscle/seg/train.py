@@ -1,0 +1,824 @@
+"""Training and fine-tuning of muscle segmenters (and the region classifier).
+
+Every training image is reoriented to RAS+, split into legs and the left leg
+mirrored with its labels mapped to the right side, exactly as at inference
+(:mod:`bids_muscle.seg.infer`), so each leg is one training volume of a
+canonical right leg (Rohm et al. 2021). Volumes are resampled to the model
+voxel size and normalised by robust percentiles.
+
+Batches are augmented on the fly (Agosti et al. 2021): an independent random
+translation, rotation and scaling of every leg (each leg is its own sample,
+which gives the per-leg translation of the paper), elastic deformation,
+and intensity changes (gamma, smooth multiplicative bias field, contrast,
+Gaussian noise). The loss is soft Dice + cross-entropy; the optimiser is
+AMSGrad Adam with the learning rate halved after 4 epochs without
+improvement (Agosti et al.), and training stops early when the validation
+Dice has not improved for ``patience`` epochs (Hostin et al. 2023). The best
+weights are written with a model card by :func:`bids_muscle.seg.zoo.save_model`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bids_muscle.seg.infer import (
+    model_grid_shape,
+    predict_probabilities,
+    region_slices,
+    resize_volume,
+    robust_normalise,
+    torch_threads,
+)
+from bids_muscle.seg.labels import REGIONS, load_label_table
+from bids_muscle.seg.legs import body_mask, canonical_labels, reorient_to_ras, split_legs, voxel_sizes
+from bids_muscle.seg.nets import SEGMENTATION_NETWORKS, SPATIAL_DIMS, build_network
+from bids_muscle.seg.zoo import ModelCard, load_model, save_model
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Augmentation:
+    """Ranges of the random augmentation (set ``enabled=False`` to switch off).
+
+    Rotation and scaling act in-plane; translations are a fraction of the
+    patch size; the elastic displacement is in voxels, smoothed on a grid of
+    ``elastic_grid`` control points per in-plane axis.
+    """
+
+    enabled: bool = True
+    rotation_deg: float = 10.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    translation_fraction: float = 0.1
+    elastic_probability: float = 0.5
+    elastic_voxels: float = 3.0
+    elastic_grid: int = 6
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+    bias_strength: float = 0.3
+    contrast_range: tuple[float, float] = (0.85, 1.15)
+    noise_std: float = 0.05
+
+
+@dataclass
+class LegVolume:
+    """One leg ready for training: normalised image and class map on the model grid."""
+
+    image: np.ndarray
+    classes: np.ndarray
+    group: int
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_model` produced."""
+
+    card: ModelCard
+    card_path: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_val_dice: float = float("nan")
+    stopped_early: bool = False
+
+
+def prepare_leg_volumes(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    affines: Sequence[np.ndarray],
+    region: str,
+    label_indices: Sequence[int],
+    voxel_size_mm: Sequence[float | None],
+    spatial_dims: int,
+    normalisation: dict[str, Any] | None = None,
+) -> list[LegVolume]:
+    """Split, mirror, resample and normalise training images into leg volumes.
+
+    Labels are mapped to the right side and then to class indices (position
+    in ``label_indices`` + 1); labels not in ``label_indices`` become
+    background.
+    """
+    if not (len(images) == len(labels) == len(affines)):
+        raise ValueError(f"got {len(images)} images, {len(labels)} label maps and {len(affines)} affines")
+    if not images:
+        raise ValueError("no training images")
+    normalisation = normalisation or {"low": 0.5, "high": 99.5}
+    table_size = max(lab.index for lab in load_label_table(region)) + 1
+    lut = np.zeros(table_size, dtype=np.int64)
+    lut[np.asarray(label_indices, dtype=np.int64)] = np.arange(1, len(label_indices) + 1)
+    target = list(voxel_size_mm)
+    if spatial_dims == 2:
+        target[2] = None
+    legs = []
+    for group, (image, label, affine) in enumerate(zip(images, labels, affines)):
+        image = np.asarray(image)
+        label = np.asarray(label)
+        if image.ndim != 3 or image.shape != label.shape:
+            raise ValueError(f"training pair {group}: image {image.shape} and labels {label.shape} must be equal 3D shapes")
+        image_ras, affine_ras, _ = reorient_to_ras(np.nan_to_num(image.astype(np.float32)), affine)
+        label_ras, _, _ = reorient_to_ras(canonical_labels(label, region), affine)
+        mask = body_mask(image_ras, slice_axis=2)
+        crops = split_legs(image_ras, affine_ras, mask=mask | (label_ras > 0))
+        voxel_mm = voxel_sizes(affine_ras)
+        for crop in crops:
+            leg_image = crop.extract(image_ras)
+            leg_classes = lut[crop.extract(label_ras).astype(np.int64)]
+            normalised = robust_normalise(
+                leg_image, crop.extract(mask), float(normalisation.get("low", 0.5)), float(normalisation.get("high", 99.5))
+            )
+            grid = model_grid_shape(leg_image.shape, voxel_mm, target)
+            legs.append(
+                LegVolume(
+                    image=resize_volume(normalised, grid).astype(np.float32),
+                    classes=resize_volume(leg_classes, grid, mode="nearest").astype(np.int64),
+                    group=group,
+                )
+            )
+    return legs
+
+
+def train_model(
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    affines: Sequence[np.ndarray],
+    region: str,
+    architecture: str,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    arguments: dict[str, Any] | None = None,
+    label_indices: Sequence[int] | None = None,
+    voxel_size_mm: Sequence[float | None] | None = None,
+    patch_size: Sequence[int] | None = None,
+    epochs: int = 100,
+    steps_per_epoch: int = 50,
+    batch_size: int = 8,
+    learning_rate: float = 1e-3,
+    weight_decay: float = 1e-5,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    patience: int = 10,
+    augmentation: Augmentation | None = None,
+    init_from: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    input_contrast: str = "any",
+    training_data: list[dict[str, Any]] | None = None,
+    licence: str = "",
+    description: str = "",
+    time_limit_s: float | None = None,
+    num_threads: int | None = None,
+    progress: Progress | None = None,
+) -> TrainingResult:
+    """Train (or fine-tune) a muscle segmenter and save it as a model.
+
+    Parameters
+    ----------
+    images, labels, affines : sequences of numpy.ndarray
+        3D images, label maps (indices of the ``region`` table, either side)
+        and their 4x4 RAS+ affines, any orientation and voxel size.
+    region : str
+        ``thigh`` or ``calf``.
+    architecture : str
+        ``unet2d``, ``unet3d``, ``transunet`` or ``hrnet``.
+    out_dir : str or Path
+        Where ``<name>.pt`` and ``<name>.json`` are written.
+    name : str, optional
+        Model name (default ``<region>_<architecture>``).
+    arguments : dict, optional
+        Network constructor arguments (``in_channels`` and ``n_classes`` are
+        set here).
+    label_indices : sequence of int, optional
+        Right-side labels to learn, in class order (default: every muscle
+        present in the training labels).
+    voxel_size_mm : sequence, optional
+        Model grid (x, y, z or None); default (1, 1, None), or that of
+        ``init_from``.
+    patch_size : sequence of int, optional
+        Training patch (in-plane for 2D, X, Y, Z for 3D); default: the
+        largest leg rounded up to the network stride (at most 256 in-plane,
+        32 slices).
+    epochs, steps_per_epoch, batch_size : int
+        At most ``epochs`` epochs of ``steps_per_epoch`` batches.
+    learning_rate, weight_decay : float
+        AMSGrad Adam settings.
+    seed : int
+        Seeds the weights, the split, the sampling and the augmentation.
+    val_fraction : float
+        Share of images (of legs when only one image) held out for early
+        stopping.
+    patience : int
+        Epochs without validation improvement before stopping.
+    augmentation : Augmentation, optional
+        Augmentation ranges (default :class:`Augmentation`).
+    init_from : str or Path, optional
+        Model (card path or name) to fine-tune; its architecture, arguments
+        and voxel size are reused; when the label set differs the output
+        layer is re-initialised.
+    model_dir : str or Path, optional
+        User model directory for ``init_from`` names.
+    input_contrast, training_data, licence, description
+        Written to the model card.
+    time_limit_s : float, optional
+        Stop after the epoch that exceeds this wall time.
+    num_threads : int, optional
+        Torch threads (default: every core this process may use).
+    progress : callable, optional
+        Called after every epoch with a dict (epoch, train_loss, val_dice,
+        best_val_dice, learning_rate, elapsed_s).
+
+    Returns
+    -------
+    TrainingResult
+    """
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    init_state = None
+    arguments = dict(arguments or {})
+    if init_from is not None:
+        init_network, init_card = load_model(init_from, model_dir)
+        if init_card.architecture != architecture:
+            raise ValueError(f"init_from model {init_card.name!r} is a {init_card.architecture!r}, not {architecture!r}")
+        arguments = {**init_card.arguments, **arguments}
+        voxel_size_mm = voxel_size_mm or init_card.voxel_size_mm
+        init_state = init_network.state_dict()
+    if architecture not in SEGMENTATION_NETWORKS:
+        raise ValueError(f"architecture must be one of {SEGMENTATION_NETWORKS}, got {architecture!r}")
+    spatial_dims = SPATIAL_DIMS[architecture]
+    voxel_size_mm = list(voxel_size_mm or [1.0, 1.0, None])
+    if label_indices is None:
+        present = set()
+        for label in labels:
+            present |= set(np.unique(canonical_labels(label, region)).tolist())
+        label_indices = sorted(present - {0})
+    label_indices = [int(i) for i in label_indices]
+    if not label_indices:
+        raise ValueError("the training label maps hold no muscle labels")
+    arguments.update(in_channels=1, n_classes=len(label_indices) + 1)
+    card = ModelCard(
+        name=name or f"{region}_{architecture}",
+        architecture=architecture,
+        arguments=arguments,
+        region=region,
+        labels=label_indices,
+        input_contrast=input_contrast,
+        voxel_size_mm=voxel_size_mm,
+        training_data=list(training_data or []),
+        licence=licence,
+        description=description,
+    )
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    network = build_network(architecture, **arguments)
+    if init_state is not None:
+        _load_matching(network, init_state)
+    legs = prepare_leg_volumes(
+        images, labels, affines, region, label_indices, voxel_size_mm, spatial_dims, card.normalisation
+    )
+    if not legs:
+        raise ValueError("no legs found in the training images")
+    train_legs, val_legs, split_note = _split(legs, val_fraction, rng)
+    stride = _stride(network, spatial_dims)
+    patch = _default_patch(train_legs, spatial_dims, stride) if patch_size is None else tuple(int(p) for p in patch_size)
+    if spatial_dims == 3:
+        card.patch_size = list(patch)
+    augmentation = augmentation or Augmentation()
+    sampler = _PatchSampler(train_legs, patch, spatial_dims, rng)
+    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=4)
+    history: list[dict[str, Any]] = []
+    best_dice, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), 0
+    stopped_early = False
+    start = time.monotonic()
+    with torch_threads(num_threads):
+        for epoch in range(1, epochs + 1):
+            network.train()
+            losses = []
+            for _ in range(steps_per_epoch):
+                x, y = sampler.batch(batch_size)
+                if augmentation.enabled:
+                    x, y = augment_batch(x, y, augmentation, generator)
+                loss = dice_ce_loss(network(x), y, card.n_classes)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            network.eval()
+            val_dice = validation_dice(network, val_legs, spatial_dims, card.n_classes, patch)
+            scheduler.step(val_dice)
+            if val_dice > best_dice:
+                best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_dice": val_dice,
+                "best_val_dice": best_dice,
+                "learning_rate": optimiser.param_groups[0]["lr"],
+                "elapsed_s": time.monotonic() - start,
+            }
+            history.append(record)
+            if progress is not None:
+                progress(record)
+            if epoch - best_epoch >= patience:
+                stopped_early = True
+                break
+            if time_limit_s is not None and record["elapsed_s"] > time_limit_s:
+                break
+    network.load_state_dict(best_state)
+    network.eval()
+    card.validation = {
+        "metric": "mean Dice over muscles (model grid, canonical leg)",
+        "val_dice": round(best_dice, 4),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "n_train_legs": len(train_legs),
+        "n_val_legs": len(val_legs),
+        "split": split_note,
+        "seed": seed,
+        "fine_tuned_from": None if init_from is None else str(init_from),
+    }
+    card_path = save_model(network, card, out_dir)
+    return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice (mean over foreground classes, pooled over the batch) plus
+    cross-entropy."""
+    ce = F.cross_entropy(logits, target)
+    probs = torch.softmax(logits, dim=1)
+    one_hot = F.one_hot(target, n_classes).movedim(-1, 1).to(probs.dtype)
+    dims = (0,) + tuple(range(2, logits.ndim))
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return ce + (1.0 - dice[1:].mean()) if n_classes > 1 else ce
+
+
+def dice_per_class(prediction: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Dice of classes 1..n_classes-1 (NaN where absent from both)."""
+    counts = np.bincount(truth.ravel() * n_classes + prediction.ravel(), minlength=n_classes * n_classes)
+    confusion = counts.reshape(n_classes, n_classes)
+    tp = np.diag(confusion)[1:].astype(float)
+    total = confusion.sum(0)[1:] + confusion.sum(1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 2 * tp / total, np.nan)
+
+
+def validation_dice(
+    network: nn.Module, legs: Sequence[LegVolume], spatial_dims: int, n_classes: int, patch: Sequence[int]
+) -> float:
+    """Mean Dice over muscles and validation legs (whole-leg prediction)."""
+    scores = []
+    for leg in legs:
+        probs = predict_probabilities(network, leg.image, spatial_dims, batch_size=8, patch_size=patch if spatial_dims == 3 else None)
+        scores.append(dice_per_class(np.argmax(probs, axis=0), leg.classes, n_classes))
+    values = np.concatenate(scores) if scores else np.array([np.nan])
+    return float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+
+
+def augment_batch(
+    images: torch.Tensor, classes: torch.Tensor, settings: Augmentation, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random spatial and intensity augmentation of a batch.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        (B, 1, *S) normalised images, S = (H, W) or (X, Y, Z).
+    classes : torch.Tensor
+        (B, *S) class indices.
+    """
+    spatial_dims = images.ndim - 2
+    grid = _random_grid(images.shape[0], tuple(images.shape[2:]), settings, generator)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    classes = F.grid_sample(classes[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    classes = classes[:, 0].round().long()
+    b = images.shape[0]
+
+    def uniform(low: float, high: float, shape: tuple[int, ...] = ()) -> torch.Tensor:
+        return low + (high - low) * torch.rand((b,) + shape, generator=generator)
+
+    view = (b,) + (1,) * (spatial_dims + 1)
+    gamma = torch.exp(uniform(math.log(settings.gamma_range[0]), math.log(settings.gamma_range[1]))).view(view)
+    images = torch.sign(images) * images.abs().clamp_min(1e-6) ** gamma
+    coarse = torch.randn((b, 1) + (3,) * spatial_dims, generator=generator)
+    mode = "bilinear" if spatial_dims == 2 else "trilinear"
+    bias = F.interpolate(coarse, size=images.shape[2:], mode=mode, align_corners=True)
+    images = images * torch.exp(settings.bias_strength * uniform(0.0, 1.0).view(view) * bias)
+    images = images * uniform(*settings.contrast_range).view(view)
+    noise = torch.randn(images.shape, generator=generator)
+    images = images + settings.noise_std * uniform(0.0, 1.0).view(view) * noise
+    return images.contiguous(), classes.contiguous()
+
+
+def _random_grid(batch: int, shape: tuple[int, ...], settings: Augmentation, generator: torch.Generator) -> torch.Tensor:
+    """Sampling grid (B, *S, ndim) for grid_sample: in-plane rotation and
+    scaling about the centre, translation, and optional smooth elastic
+    displacement; the slice axis of 3D patches is only translated."""
+    spatial_dims = len(shape)
+    axes = [torch.linspace(-1 + 1 / n, 1 - 1 / n, n) for n in shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+    # work in voxel units so rotations are not distorted by unequal sides
+    half = torch.tensor([n / 2.0 for n in shape])
+    voxels = (coords * half).unsqueeze(0).repeat((batch,) + (1,) * (spatial_dims + 1))
+
+    def uniform(low: float, high: float, size: tuple[int, ...] = ()) -> torch.Tensor:
+        return low + (high - low) * torch.rand((batch,) + size, generator=generator)
+
+    angle = torch.deg2rad(uniform(-settings.rotation_deg, settings.rotation_deg))
+    scale = uniform(*settings.scale_range)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    view = (batch,) + (1,) * spatial_dims
+    u, v = voxels[..., 0], voxels[..., 1]
+    rotated_u = cos.view(view) * u - sin.view(view) * v
+    rotated_v = sin.view(view) * u + cos.view(view) * v
+    moved = [rotated_u, rotated_v] + [voxels[..., k] for k in range(2, spatial_dims)]
+    for k in range(2):
+        shift = uniform(-settings.translation_fraction, settings.translation_fraction) * shape[k]
+        moved[k] = moved[k] + shift.view(view)
+    if settings.elastic_probability > 0 and settings.elastic_voxels > 0:
+        active = (torch.rand(batch, generator=generator) < settings.elastic_probability).float()
+        control = (batch, 2, settings.elastic_grid, settings.elastic_grid) + (1,) * (spatial_dims - 2)
+        displacement = torch.randn(control, generator=generator) * settings.elastic_voxels
+        mode = "bicubic" if spatial_dims == 2 else "trilinear"
+        displacement = F.interpolate(displacement, size=shape, mode=mode, align_corners=True)
+        for k in range(2):
+            moved[k] = moved[k] + active.view(view) * displacement[:, k]
+    normalised = [m / half[k] for k, m in enumerate(moved)]
+    # grid_sample expects the last axis first in the coordinate vector
+    return torch.stack(normalised[::-1], dim=-1)
+
+
+class _PatchSampler:
+    """Random patches of the training legs, centred on the leg with a random
+    offset (slices with labels are preferred)."""
+
+    def __init__(self, legs: Sequence[LegVolume], patch: tuple[int, ...], spatial_dims: int, rng: np.random.Generator) -> None:
+        self.legs = legs
+        self.patch = patch
+        self.spatial_dims = spatial_dims
+        self.rng = rng
+        self.labelled_slices = [np.flatnonzero(leg.classes.any(axis=(0, 1))) for leg in legs]
+        self.fills = [float(np.percentile(leg.image, 1.0)) for leg in legs]
+        self.centres = []
+        for leg in legs:
+            found = np.argwhere(leg.classes.any(axis=2)) if leg.classes.any() else np.argwhere(np.ones(leg.classes.shape[:2]))
+            self.centres.append(found.mean(axis=0))
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, classes = [], []
+        for _ in range(size):
+            k = int(self.rng.integers(len(self.legs)))
+            leg = self.legs[k]
+            nz = leg.image.shape[2]
+            labelled = self.labelled_slices[k]
+            if self.spatial_dims == 2:
+                z = int(self.rng.choice(labelled)) if labelled.size else int(self.rng.integers(nz))
+                z_start, z_size = z, 1
+            else:
+                z_size = self.patch[2]
+                z_start = int(self.rng.integers(min(0, nz - z_size), max(0, nz - z_size) + 1))
+            starts = []
+            for axis in range(2):
+                n, p = leg.image.shape[axis], self.patch[axis]
+                free = abs(p - n) / 2.0
+                jitter = self.rng.uniform(-free, free) * 0.5 if p > n else self.rng.uniform(-free, free)
+                centre = self.centres[k][axis] if p < n else (n - 1) / 2.0
+                starts.append(int(round(centre + jitter - (p - 1) / 2.0)))
+            box = (starts[0], starts[1], z_start)
+            sizes = (self.patch[0], self.patch[1], z_size)
+            image = _extract(leg.image, box, sizes, self.fills[k])
+            label = _extract(leg.classes, box, sizes, 0)
+            if self.spatial_dims == 2:
+                image, label = image[..., 0], label[..., 0]
+            images.append(image)
+            classes.append(label)
+        x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
+        y = torch.from_numpy(np.stack(classes).astype(np.int64))
+        return x, y
+
+
+def _extract(volume: np.ndarray, starts: Sequence[int], sizes: Sequence[int], fill: float) -> np.ndarray:
+    """Box of ``volume`` starting at ``starts`` (may leave the volume; the
+    outside is ``fill``)."""
+    out = np.full(tuple(sizes), fill, dtype=volume.dtype)
+    source, target = [], []
+    for start, size, n in zip(starts, sizes, volume.shape):
+        low, high = max(start, 0), min(start + size, n)
+        if high <= low:
+            return out
+        source.append(slice(low, high))
+        target.append(slice(low - start, high - start))
+    out[tuple(target)] = volume[tuple(source)]
+    return out
+
+
+def _split(legs: list[LegVolume], val_fraction: float, rng: np.random.Generator) -> tuple[list[LegVolume], list[LegVolume], str]:
+    """Hold out whole images (legs of one image stay together); with one
+    image, hold out a leg; with one leg, validate on the training leg."""
+    groups = sorted({leg.group for leg in legs})
+    if len(groups) >= 2:
+        keys, note = [leg.group for leg in legs], "by image"
+    elif len(legs) >= 2:
+        keys, note = list(range(len(legs))), "by leg (single image)"
+    else:
+        return legs, legs, "none (single leg: validated on training data)"
+    unique = sorted(set(keys))
+    n_val = min(len(unique) - 1, max(1, int(round(val_fraction * len(unique)))))
+    held = set(rng.permutation(unique)[:n_val].tolist())
+    train = [leg for leg, key in zip(legs, keys) if key not in held]
+    val = [leg for leg, key in zip(legs, keys) if key in held]
+    return train, val, note
+
+
+def _stride(network: nn.Module, spatial_dims: int) -> tuple[int, ...]:
+    stride = getattr(network, "total_stride", None)
+    return tuple(stride) if stride is not None else (16,) * spatial_dims
+
+
+def _default_patch(legs: Sequence[LegVolume], spatial_dims: int, stride: Sequence[int]) -> tuple[int, ...]:
+    def round_up(n: int, m: int) -> int:
+        return int(math.ceil(n / m) * m)
+
+    sizes = np.array([leg.image.shape for leg in legs])
+    inplane = tuple(min(round_up(int(sizes[:, a].max()), stride[a]), 256) for a in range(2))
+    if spatial_dims == 2:
+        return inplane
+    return inplane + (min(round_up(int(sizes[:, 2].max()), stride[2]), 32),)
+
+
+def _load_matching(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy parameters whose names and shapes match (fine-tuning to another
+    label set re-initialises only the output layer)."""
+    own = network.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape == value.shape:
+            own[key] = value
+    network.load_state_dict(own)
+
+
+def train_region_classifier(
+    images: Sequence[np.ndarray],
+    affines: Sequence[np.ndarray],
+    regions: Sequence[str],
+    out_dir: str | Path,
+    *,
+    name: str = "region_classifier",
+    arguments: dict[str, Any] | None = None,
+    slices_per_image: int = 9,
+    epochs: int = 50,
+    steps_per_epoch: int = 20,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    patience: int = 10,
+    training_data: list[dict[str, Any]] | None = None,
+    licence: str = "",
+    time_limit_s: float | None = None,
+    num_threads: int | None = None,
+    progress: Progress | None = None,
+) -> TrainingResult:
+    """Train the thigh/calf classifier of Agosti et al. 2021 on whole axial
+    slices (both legs), with rotation, scaling, left-right flips and
+    intensity augmentation; early stopping on the validation cross-entropy."""
+    classes = list(REGIONS)
+    if not (len(images) == len(affines) == len(regions)):
+        raise ValueError("images, affines and regions must have equal lengths")
+    unknown = sorted(set(regions) - set(classes))
+    if unknown:
+        raise ValueError(f"unknown regions {unknown}; expected {classes}")
+    arguments = {**(arguments or {}), "in_channels": 1, "n_classes": len(classes)}
+    card = ModelCard(
+        name=name,
+        architecture="region",
+        arguments=arguments,
+        region="any",
+        classes=classes,
+        training_data=list(training_data or []),
+        licence=licence,
+    )
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    network = build_network("region", **arguments)
+    size = network.input_size
+    stacks = []
+    for image, affine, region in zip(images, affines, regions):
+        slices = torch.from_numpy(region_slices(image, affine, slices_per_image))[:, None]
+        slices = F.interpolate(slices, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        stacks.append((slices, classes.index(region)))
+    order = rng.permutation(len(stacks))
+    n_val = min(len(stacks) - 1, max(1, int(round(val_fraction * len(stacks))))) if len(stacks) > 1 else 0
+    val = [stacks[i] for i in order[:n_val]] or stacks
+    train = [stacks[i] for i in order[n_val:]]
+    x_train = torch.cat([s for s, _ in train])
+    y_train = torch.cat([torch.full((s.shape[0],), c) for s, c in train])
+    x_val = torch.cat([s for s, _ in val])
+    y_val = torch.cat([torch.full((s.shape[0],), c) for s, c in val])
+    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, amsgrad=True)
+    settings = Augmentation(elastic_probability=0.0)
+    history: list[dict[str, Any]] = []
+    best_loss, best_accuracy, best_state, best_epoch = math.inf, 0.0, copy.deepcopy(network.state_dict()), 0
+    stopped_early = False
+    start = time.monotonic()
+    with torch_threads(num_threads):
+        for epoch in range(1, epochs + 1):
+            network.train()
+            losses = []
+            for _ in range(steps_per_epoch):
+                pick = torch.from_numpy(rng.integers(len(x_train), size=batch_size))
+                x, y = x_train[pick], y_train[pick]
+                x, _ = augment_batch(x, torch.zeros(x.shape[0], size, size, dtype=torch.long), settings, generator)
+                flip = torch.rand(x.shape[0], generator=generator) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
+                loss = F.cross_entropy(network(x), y)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            network.eval()
+            with torch.inference_mode():
+                logits = network(x_val)
+                val_loss = float(F.cross_entropy(logits, y_val))
+                accuracy = float((logits.argmax(dim=1) == y_val).float().mean())
+            if val_loss < best_loss:
+                best_loss, best_accuracy, best_state, best_epoch = val_loss, accuracy, copy.deepcopy(network.state_dict()), epoch
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_loss": val_loss,
+                "val_accuracy": accuracy,
+                "elapsed_s": time.monotonic() - start,
+            }
+            history.append(record)
+            if progress is not None:
+                progress(record)
+            if epoch - best_epoch >= patience:
+                stopped_early = True
+                break
+            if time_limit_s is not None and record["elapsed_s"] > time_limit_s:
+                break
+    network.load_state_dict(best_state)
+    network.eval()
+    card.validation = {
+        "metric": "slice accuracy at the lowest validation cross-entropy",
+        "val_accuracy": round(best_accuracy, 4),
+        "val_loss": round(best_loss, 4),
+        "best_epoch": best_epoch,
+        "n_val_images": len(val),
+    }
+    card_path = save_model(network, card, out_dir)
+    return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=float("nan"), stopped_early=stopped_early)
+
+
+def find_training_pairs(
+    label_roots: Sequence[str | Path], image_suffix: str = "T1w", image_root: str | Path | None = None
+) -> list[tuple[Path, Path]]:
+    """Pair label maps with their images.
+
+    Every ``*_dseg.nii[.gz]`` under ``label_roots`` is a label map; its image
+    is the file ``<prefix>_*<image_suffix>.nii[.gz]`` under ``image_root`` (or
+    the label's own root), where ``<prefix>`` is the label file name without
+    its ``desc-`` entity and ``_dseg`` suffix. This covers a plain folder of
+    ``case_T1w.nii.gz`` / ``case_dseg.nii.gz`` pairs and a BIDS derivatives
+    folder with ``sub-X_acq-thigh_desc-manual_dseg.nii.gz`` next to a raw
+    BIDS dataset.
+    """
+    pairs = []
+    for root in label_roots:
+        root = Path(root)
+        search = Path(image_root) if image_root is not None else root
+        for label in sorted(root.rglob("*_dseg.nii*")):
+            stem = label.name.split(".nii")[0]
+            entities = [part for part in stem.split("_")[:-1] if not part.startswith("desc-")]
+            prefix = "_".join(entities)
+            candidates = sorted(
+                p for p in search.rglob(f"{prefix}_*{image_suffix}.nii*") if p != label and "_dseg" not in p.name
+            )
+            if not candidates:
+                raise ValueError(f"no image '{prefix}_*{image_suffix}.nii[.gz]' under {search} for labels {label}")
+            pairs.append((candidates[0], label))
+    return pairs
+
+
+def _load_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    image_img = nib.load(str(image_path))
+    label_img = nib.load(str(label_path))
+    image = np.asarray(image_img.dataobj, dtype=np.float32)
+    if image.ndim == 4:
+        image = image[..., 0]
+    labels = np.rint(np.asarray(label_img.dataobj)).astype(np.int16)
+    if image.shape != labels.shape:
+        raise ValueError(f"{label_path}: shape {labels.shape} differs from its image {image_path} {image.shape}")
+    if not np.allclose(image_img.affine, label_img.affine, atol=1e-3):
+        raise ValueError(f"{label_path}: affine differs from its image {image_path}")
+    return image, labels, image_img.affine
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``bids_muscle-train``."""
+    parser = argparse.ArgumentParser(
+        prog="bids_muscle-train",
+        description="Train or fine-tune a muscle segmentation model from (image, label) NIfTI pairs.",
+    )
+    parser.add_argument("out_dir", type=Path, help="folder for <name>.pt and <name>.json")
+    parser.add_argument("--region", required=True, choices=REGIONS)
+    parser.add_argument("--architecture", default="unet2d", choices=SEGMENTATION_NETWORKS)
+    parser.add_argument("--labels", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="folders with *_dseg.nii[.gz] label maps (plain folder or BIDS derivatives)")
+    parser.add_argument("--images-dir", type=Path, help="where to look for the images (e.g. the raw BIDS dataset)")
+    parser.add_argument("--image-suffix", default="T1w", help="suffix of the image files (default T1w)")
+    parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"), type=Path,
+                        help="one explicit (image, label map) pair; repeatable")
+    parser.add_argument("--name", help="model name (default <region>_<architecture>)")
+    parser.add_argument("--base-features", type=int, help="network width of the first level")
+    parser.add_argument("--voxel-size", nargs=2, type=float, metavar=("X_MM", "Y_MM"), help="in-plane model voxel size (default 1 1)")
+    parser.add_argument("--slice-mm", type=float, help="model slice spacing for 3D networks (default: native)")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--steps-per-epoch", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--patience", type=int, default=10)
+    parser.add_argument("--init-from", help="model card path or name to fine-tune")
+    parser.add_argument("--model-dir", type=Path, help="user model folder for --init-from names")
+    parser.add_argument("--contrast", default="any", help="input contrast written to the card (default any)")
+    parser.add_argument("--licence", default="", help="licence of the weights, for the card")
+    parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all available cores)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``bids_muscle-train``."""
+    args = build_parser().parse_args(argv)
+    try:
+        pairs = [(Path(i), Path(l)) for i, l in args.pair]
+        if args.labels:
+            pairs += find_training_pairs(args.labels, args.image_suffix, args.images_dir)
+        if not pairs:
+            raise ValueError("give training data with --labels DIR or --pair IMAGE LABELS")
+        images, labels, affines = [], [], []
+        for image_path, label_path in pairs:
+            image, label, affine = _load_pair(image_path, label_path)
+            images.append(image)
+            labels.append(label)
+            affines.append(affine)
+        arguments = {} if args.base_features is None else {"base_features": args.base_features}
+        voxel = list(args.voxel_size) + [args.slice_mm] if args.voxel_size else None
+        if voxel is None and args.slice_mm is not None:
+            voxel = [1.0, 1.0, args.slice_mm]
+        print(f"training {args.architecture} on {len(pairs)} image(s) of the {args.region}", flush=True)
+
+        def report(record: dict[str, Any]) -> None:
+            print(
+                f"epoch {record['epoch']:4d}  loss {record['train_loss']:.4f}  val Dice {record['val_dice']:.4f}"
+                f"  best {record['best_val_dice']:.4f}  lr {record['learning_rate']:.2e}  {record['elapsed_s']:.0f} s",
+                flush=True,
+            )
+
+        result = train_model(
+            images,
+            labels,
+            affines,
+            args.region,
+            args.architecture,
+            args.out_dir,
+            name=args.name,
+            arguments=arguments,
+            voxel_size_mm=voxel,
+            epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            patience=args.patience,
+            init_from=args.init_from,
+            model_dir=args.model_dir,
+            input_contrast=args.contrast,
+            training_data=[{"image": str(i), "labels": str(l)} for i, l in pairs],
+            licence=args.licence,
+            time_limit_s=args.time_limit,
+            num_threads=args.threads,
+            progress=report,
+        )
+    except ValueError as error:
+        print(f"bids_muscle-train: error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {result.card_path} (validation Dice {result.best_val_dice:.4f})", flush=True)
+    return 0
