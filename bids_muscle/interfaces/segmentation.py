@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nibabel as nb
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, OutputMultiObject, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, OutputMultiObject, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle.imat.region import imat_threshold, muscle_region_from_labels
 from bids_muscle.interfaces.images import save_image, voxel_sizes
