@@ -87,3 +87,12 @@ def test_group_outputs(derivatives):
     for name in ("biomarkers_wide.tsv", "site_summary.tsv", "excluded.tsv", "report.html"):
         assert (group / name).is_file(), name
     assert pd.read_csv(group / "excluded.tsv", sep="\t").empty
+
+
+def test_rerun_keeps_outputs_whole(derivatives, phantom_bids):
+    before = {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")}
+    code, log = _cli(phantom_bids, derivatives, "participant", "--participant-label", "01", "--sloppy",
+                     "-w", derivatives.parent / "work")
+    assert code == 0, log
+    assert not list(derivatives.rglob("*.tmp*"))
+    assert {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")} == before
