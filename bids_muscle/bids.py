@@ -53,6 +53,8 @@ DESCRIPTIONS = {
     "muscleregion": "Muscle region: everything inside the fascia except bone (muscles and intramuscular fat)",
     "imat": "Intramuscular adipose tissue inside the muscle region",
     "b0": "Off-resonance field map in Hz from water-fat separation",
+    "twopoint": "Two-point (2-echo) spin-echo T2 and its signal extrapolated to t=0",
+    "dam": "Transmit field from the double-angle method",
 }
 
 
@@ -246,6 +248,7 @@ class RegionInputs:
     dixon_water: Path | None = None
     dixon_fat: Path | None = None
     tb1map: Path | None = None
+    b1_dam: Series | None = None  # double-angle pair, sorted by FlipAngle
     field_strength_t: float | None = None
     refocusing_flip_angle_deg: float | None = None
 
@@ -272,6 +275,7 @@ class RegionInputs:
         for series in (self.mese, self.megre_mag, self.megre_phase):
             if series:
                 files += series.files
+        files += self.b1_dam.files if self.b1_dam else []
         files += [f for f in (self.mt_on, self.mt_off, self.t1w, self.dixon_water, self.dixon_fat, self.tb1map) if f]
         return files
 
@@ -370,6 +374,26 @@ def _single(files, what: str) -> Path | None:
     return path
 
 
+def _double_angle_pair(files, layout) -> Series:
+    """The two TB1DAM images, sorted by nominal FlipAngle, which must double."""
+    if len(files) != 2:
+        raise InputError(f"{files[0].path}: the double-angle B1 map needs exactly two TB1DAM images, found {len(files)}")
+    entries = []
+    for f in files:
+        angle = _metadata(Path(f.path), layout).get("FlipAngle")
+        if angle is None:
+            raise InputError(f"{f.path}: FlipAngle missing from the sidecar (double-angle B1)")
+        entries.append((float(angle), Path(f.path)))
+    entries.sort()
+    (a1, p1), (a2, p2) = entries
+    if abs(a2 - 2 * a1) > 0.5:
+        raise InputError(f"{p2}: double-angle B1 needs flip angles alpha and 2 alpha, got {a1:g} and {a2:g}")
+    shapes = {_image_shape(p1)[:3], _image_shape(p2)[:3]}
+    if len(shapes) > 1:
+        raise InputError(f"{p1}: the two TB1DAM images differ in shape {sorted(shapes)}")
+    return Series(files=[p1, p2], metadata=[{"FlipAngle": a1}, {"FlipAngle": a2}])
+
+
 def collect_inputs(
     layout,
     subject: str,
@@ -442,6 +466,12 @@ def collect_inputs(
         rin.dixon_water = _single(query(suffix="T1w", reconstruction="water", **acq_q), "Dixon water")
         rin.dixon_fat = _single(query(suffix="T1w", reconstruction="fat", **acq_q), "Dixon fat")
         rin.tb1map = _single(query(suffix="TB1map", **acq_q), "TB1map")
+        dam = query(suffix="TB1DAM", **acq_q)
+        if dam:
+            rin.b1_dam = _double_angle_pair(dam, layout)
+        if (rin.dixon_water is None) != (rin.dixon_fat is None):
+            have = rin.dixon_water or rin.dixon_fat
+            raise InputError(f"{have}: scanner Dixon needs both rec-water and rec-fat images")
         if rin.anatomical_reference is None:
             continue
         out.append(rin)

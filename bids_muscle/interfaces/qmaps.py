@@ -7,7 +7,8 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle.interfaces.images import load_series, load_volume, save_image
-from bids_muscle.qmri import dixon, mtr
+from bids_muscle.qmri import b1 as b1map
+from bids_muscle.qmri import dixon, mtr, se2echo
 from bids_muscle.qmri import t2 as t2fit
 from bids_muscle.qmri.bias import foreground_mask
 
@@ -136,4 +137,84 @@ class ComputeMTR(SimpleInterface):
             m_on = mtr.resample_to_grid(m_on, on_affine, m_off.shape, off_affine)
         mask = foreground_mask(m_off)
         self._results["mtr"] = save_image(mtr.mtr_percent(m_off, m_on, mask=mask), off_affine, "mtr.nii.gz", runtime.cwd)
+        return runtime
+
+
+class _TwoPointInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="the two echoes, sorted by echo time")
+    volumes = traits.List(traits.Either(None, traits.Int), desc="volume index per file for 4D inputs")
+    echo_times = traits.List(traits.Float, mandatory=True, minlen=2, maxlen=2)
+
+
+class _TwoPointOutputSpec(TraitedSpec):
+    t2 = File(exists=True, desc="T2 (s)")
+    s0 = File(exists=True, desc="signal extrapolated to t=0")
+
+
+class TwoPointT2(SimpleInterface):
+    """T2 = (TE2 - TE1) / ln(S1 / S2) from a 2-echo spin echo."""
+
+    input_spec = _TwoPointInputSpec
+    output_spec = _TwoPointOutputSpec
+
+    def _run_interface(self, runtime):
+        stack, affine = load_series(list(self.inputs.in_files), self.inputs.volumes or None)
+        te1, te2 = self.inputs.echo_times
+        try:
+            out = se2echo.t2_two_point(stack[..., 0], stack[..., 1], te1, te2, mask=foreground_mask(stack[..., 0]))
+        except ValueError as err:
+            raise ValueError(f"{self.inputs.in_files[0]}: {err}") from None
+        self._results["t2"] = save_image(out["t2_s"], affine, "t2_twopoint.nii.gz", runtime.cwd)
+        self._results["s0"] = save_image(out["s0"], affine, "s0_twopoint.nii.gz", runtime.cwd)
+        return runtime
+
+
+class _DAMInputSpec(BaseInterfaceInputSpec):
+    s_alpha = File(exists=True, mandatory=True, desc="image at the nominal angle alpha")
+    s_2alpha = File(exists=True, mandatory=True, desc="image at 2 alpha")
+    nominal_deg = traits.Float(mandatory=True, desc="alpha in degrees")
+
+
+class _DAMOutputSpec(TraitedSpec):
+    b1 = File(exists=True, desc="B1 relative to nominal")
+
+
+class DoubleAngleB1(SimpleInterface):
+    """Relative B1 = arccos(S_2a / (2 S_a)) / alpha."""
+
+    input_spec = _DAMInputSpec
+    output_spec = _DAMOutputSpec
+
+    def _run_interface(self, runtime):
+        s_a, affine = load_volume(self.inputs.s_alpha)
+        s_2a, affine_2a = load_volume(self.inputs.s_2alpha)
+        if s_2a.shape != s_a.shape or not np.allclose(affine, affine_2a, atol=1e-3):
+            s_2a = mtr.resample_to_grid(s_2a, affine_2a, s_a.shape, affine)
+        b1 = b1map.b1_double_angle(s_a, s_2a, nominal_deg=self.inputs.nominal_deg, mask=foreground_mask(s_a))
+        self._results["b1"] = save_image(b1, affine, "b1_dam.nii.gz", runtime.cwd)
+        return runtime
+
+
+class _WaterFatInputSpec(BaseInterfaceInputSpec):
+    water = File(exists=True, mandatory=True)
+    fat = File(exists=True, mandatory=True)
+
+
+class _WaterFatOutputSpec(TraitedSpec):
+    ff = File(exists=True, desc="fat fraction (percent)")
+
+
+class WaterFatFF(SimpleInterface):
+    """Fat fraction 100 |F| / (|W| + |F|) from scanner water and fat images."""
+
+    input_spec = _WaterFatInputSpec
+    output_spec = _WaterFatOutputSpec
+
+    def _run_interface(self, runtime):
+        water, affine = load_volume(self.inputs.water)
+        fat, _ = load_volume(self.inputs.fat)
+        if water.shape != fat.shape:
+            raise ValueError(f"{self.inputs.fat}: shape {fat.shape} differs from the water image {water.shape}")
+        ff = dixon.fat_fraction_from_water_fat(water, fat, mask=foreground_mask(water + fat))
+        self._results["ff"] = save_image(ff, affine, "dixon_ff.nii.gz", runtime.cwd)
         return runtime

@@ -12,7 +12,7 @@ from bids_muscle.config import Config
 from bids_muscle.interfaces.bias import N4BiasCorrection
 from bids_muscle.interfaces.biomarkers import MuscleBiomarkers
 from bids_muscle.interfaces.derivatives import DerivativesSink
-from bids_muscle.interfaces.qmaps import ComputeMTR, FitMEGRE, FitMESE
+from bids_muscle.interfaces.qmaps import ComputeMTR, DoubleAngleB1, FitMEGRE, FitMESE, TwoPointT2, WaterFatFF
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
 
@@ -131,14 +131,22 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     written.append((ds_ref, "out_file"))
 
     mese_wf = None
-    if rin.mese is not None:
+    if rin.mese is not None and len(rin.mese.files) >= 3:
         mese_wf = init_mese_wf(config, rin)
         written.append((mese_wf, "outputnode.written"))
+    elif rin.mese is not None:
+        written.append((init_twopoint_wf(config, rin), "outputnode.written"))
 
     dixon_wf = None
     if rin.megre_mag is not None:
         dixon_wf = init_dixon_wf(config, rin)
+    elif rin.dixon_water is not None:
+        dixon_wf = init_waterfat_wf(config, rin)
+    if dixon_wf is not None:
         written.append((dixon_wf, "outputnode.written"))
+
+    if rin.b1_dam is not None:
+        written.append((init_b1dam_wf(config, rin), "outputnode.written"))
 
     mtr_wf = None
     if rin.mt_on is not None:
@@ -156,8 +164,9 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         elif dixon_wf is not None:
             workflow.connect(dixon_wf, "outputnode.ff", seg_wf, "inputnode.ff")
         if dixon_wf is not None:
-            workflow.connect([(dixon_wf, seg_wf, [("outputnode.ff", "inputnode.ff_dixon"),
-                                                  ("outputnode.r2star", "inputnode.r2star")])])
+            workflow.connect(dixon_wf, "outputnode.ff", seg_wf, "inputnode.ff_dixon")
+        if rin.megre_phase is not None:
+            workflow.connect(dixon_wf, "outputnode.r2star", seg_wf, "inputnode.r2star")
         if mtr_wf is not None:
             workflow.connect(mtr_wf, "outputnode.mtr", seg_wf, "inputnode.mtr")
     _collect(workflow, written, outputnode)
@@ -275,6 +284,60 @@ def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
     return workflow
 
 
+def init_waterfat_wf(config: Config, rin: RegionInputs) -> Workflow:
+    """Fat fraction from the scanner's Dixon water and fat images.
+
+    Outputs
+    -------
+    outputnode.written, outputnode.ff
+    """
+    workflow = Workflow(name="waterfat_wf")
+    workflow.__desc__ = "The fat fraction was computed from the scanner's Dixon water and fat images as 100 F / (W + F)."
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "ff"]), name="outputnode")
+    compute = pe.Node(WaterFatFF(water=str(rin.dixon_water), fat=str(rin.dixon_fat)), name="waterfat_ff")
+    ds = _sink(config, "ds_ff", {**rin.entities, "desc": "dixon"}, "FFmap", [rin.dixon_water, rin.dixon_fat],
+               {"Units": "percent", "Description": "fat fraction 100 |F| / (|W| + |F|) from scanner water and fat images"})
+    workflow.connect([(compute, ds, [("ff", "in_file")]), (ds, outputnode, [("out_file", "ff")])])
+    _collect(workflow, [(ds, "out_file")], outputnode)
+    return workflow
+
+
+def init_twopoint_wf(config: Config, rin: RegionInputs) -> Workflow:
+    """T2 from a 2-echo spin echo (``desc-twopoint_T2map``, seconds, and ``desc-twopoint_S0map``)."""
+    workflow = Workflow(name="twopoint_wf")
+    te1, te2 = rin.mese.echo_times_s
+    workflow.__desc__ = (
+        f"T2 was computed from the two spin echoes (TE {te1 * 1000:.1f} and {te2 * 1000:.1f} ms) as "
+        "(TE2 - TE1) / ln(S1 / S2)."
+    )
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
+    files = [str(f) for f in rin.mese.files]
+    compute = pe.Node(TwoPointT2(in_files=files, volumes=[m.get("VolumeIndex") for m in rin.mese.metadata],
+                                 echo_times=list(rin.mese.echo_times_s)), name="twopoint_t2")
+    meta = {"EchoTime": [te1, te2], "Description": DESCRIPTIONS["twopoint"]}
+    ds_t2 = _sink(config, "ds_t2", {**rin.entities, "desc": "twopoint"}, "T2map", files, {**meta, "Units": "s"})
+    ds_s0 = _sink(config, "ds_s0", {**rin.entities, "desc": "twopoint"}, "S0map", files, {**meta, "Units": "arbitrary"})
+    workflow.connect([(compute, ds_t2, [("t2", "in_file")]), (compute, ds_s0, [("s0", "in_file")])])
+    _collect(workflow, [(ds_t2, "out_file"), (ds_s0, "out_file")], outputnode)
+    return workflow
+
+
+def init_b1dam_wf(config: Config, rin: RegionInputs) -> Workflow:
+    """Relative B1 by the double-angle method (``fmap`` TB1DAM pair) as ``desc-dam_TB1map``."""
+    workflow = Workflow(name="b1dam_wf")
+    (a1, a2) = (m["FlipAngle"] for m in rin.b1_dam.metadata)
+    workflow.__desc__ = f"B1 was mapped by the double-angle method ({a1:g} and {a2:g} deg)."
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
+    compute = pe.Node(DoubleAngleB1(s_alpha=str(rin.b1_dam.files[0]), s_2alpha=str(rin.b1_dam.files[1]), nominal_deg=a1),
+                      name="double_angle_b1")
+    ds = _sink(config, "ds_b1", {**rin.entities, "desc": "dam"}, "TB1map", rin.b1_dam.files,
+               {"Units": "arbitrary", "Description": "transmit field as a fraction of nominal (1 = nominal), double-angle method",
+                "FlipAngle": [a1, a2]})
+    workflow.connect(compute, "b1", ds, "in_file")
+    _collect(workflow, [(ds, "out_file")], outputnode)
+    return workflow
+
+
 def init_mtr_wf(config: Config, rin: RegionInputs) -> Workflow:
     """Magnetisation transfer ratio from MT-off and MT-on images.
 
@@ -362,14 +425,14 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
         (merge_dseg, biomarkers, [("out", "dsegs")]),
         (ds_region, biomarkers, [("out_file", "muscle_region")]),
     ])
-    if rin.megre_mag is not None:
+    if rin.megre_mag is not None or rin.dixon_water is not None:
         workflow.connect(inputnode, "ff_dixon", biomarkers, "ff_dixon")
         if rin.megre_phase is not None:
             workflow.connect(inputnode, "r2star", biomarkers, "r2star")
     if rin.mt_on is not None:
         workflow.connect(inputnode, "mtr", biomarkers, "mtr")
-    if rin.mese is not None or rin.megre_mag is not None:
-        ff_sources = list(rin.mese.files) if rin.mese is not None else list(rin.megre_mag.files)
+    ff_sources = _ff_sources(rin)
+    if ff_sources:
         ds_imat = _sink(config, "ds_imat", {**ent, "desc": "imat"}, "mask", sources + ff_sources,
                         {"Description": DESCRIPTIONS["imat"], "Method": "threshold", "FatFractionCut_percent": 50.0},
                         dtype="uint8")
@@ -379,12 +442,23 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
             (ds_imat, biomarkers, [("out_file", "imat_mask")]),
         ])
         written.append((ds_imat, "out_file"))
-    if rin.mese is not None:
+    if rin.mese is not None and len(rin.mese.files) >= 3:
         workflow.connect([(inputnode, biomarkers, [("mese_t2", "t2"), ("mese_pd", "pd"), ("mese_water_t2", "water_t2"),
                                                    ("mese_ff", "ff_mese"), ("mese_b1", "b1")])])
     written += [(biomarkers, "out_table"), (biomarkers, "out_slices")]
     _collect(workflow, written, outputnode)
     return workflow
+
+
+def _ff_sources(rin: RegionInputs) -> list:
+    """Raw files of the fat-fraction map used for IMAT: MESE (3+ echoes), else Dixon."""
+    if rin.mese is not None and len(rin.mese.files) >= 3:
+        return list(rin.mese.files)
+    if rin.megre_mag is not None:
+        return list(rin.megre_mag.files)
+    if rin.dixon_water is not None:
+        return [rin.dixon_water, rin.dixon_fat]
+    return []
 
 
 def _first(items):
