@@ -48,6 +48,7 @@ class Config:
     networks_requested: bool = False
     model_dir: str | None = None
     erode_mm: float = 0.0
+    write_probseg: bool = False
     command: str = ""
 
     def plugin_args(self) -> dict:

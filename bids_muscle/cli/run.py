@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "<region>_<net> in --model-dir or the package. Default: unet2d when its model exists")
     seg.add_argument("--model-dir", type=Path, metavar="DIR",
                      help="folder with extra or replacement models (<name>.pt + <name>.json cards)")
+    seg.add_argument("--write-probseg", action="store_true",
+                     help="also write per-label probabilities (desc-<net>_probseg, 4D; large files)")
     seg.add_argument("--erode-mm", type=float, default=0.0, metavar="MM",
                      help="erode each muscle mask by this radius before averaging maps (keeps partial-volume fat out)")
 
@@ -140,6 +142,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         networks_requested=bool(opts.networks),
         model_dir=str(opts.model_dir.expanduser().resolve()) if opts.model_dir else None,
         erode_mm=opts.erode_mm,
+        write_probseg=opts.write_probseg,
         command=command,
     )
 

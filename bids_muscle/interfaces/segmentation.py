@@ -30,6 +30,7 @@ class _SegmentOutputSpec(TraitedSpec):
     dsegs = OutputMultiObject(File(exists=True), desc="one label map per network")
     probsegs = OutputMultiObject(File(exists=True), desc="one probability map per network")
     model_cards = traits.List(traits.Dict, desc="card of each network's model")
+    probseg_labels = traits.List(traits.List(traits.Int), desc="label index of each probseg volume, per network")
 
 
 class SegmentMuscles(SimpleInterface):
@@ -41,7 +42,7 @@ class SegmentMuscles(SimpleInterface):
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.in_file)
         image = np.asarray(img.dataobj, dtype=np.float32)
-        dsegs, probsegs, cards = [], [], []
+        dsegs, probsegs, cards, probseg_labels = [], [], [], []
         for network in self.inputs.networks:
             model, card = load_model(model_name(self.inputs.region, network), self.inputs.model_dir)
             result = segment(image, img.affine, model, card, return_probabilities=self.inputs.probabilities,
@@ -49,11 +50,13 @@ class SegmentMuscles(SimpleInterface):
             dsegs.append(save_image(result["dseg"].astype(np.int16), img.affine, f"{network}_dseg.nii.gz", runtime.cwd))
             if result["probseg"] is not None:
                 probsegs.append(save_image(result["probseg"], img.affine, f"{network}_probseg.nii.gz", runtime.cwd))
+                probseg_labels.append([int(v) for v in result["probseg_labels"]])
             cards.append({"Name": card.name, "Architecture": card.architecture, "SHA256": card.sha256,
                           "TrainingData": card.training_data, "Labels": "desc-%s_dseg.tsv" % network})
         self._results["dsegs"] = dsegs
         self._results["probsegs"] = probsegs
         self._results["model_cards"] = cards
+        self._results["probseg_labels"] = probseg_labels
         return runtime
 
 

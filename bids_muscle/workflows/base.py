@@ -392,7 +392,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     for k, network in enumerate(networks):
         seg = pe.Node(
             SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir,
-                           num_threads=config.omp_nthreads),
+                           num_threads=config.omp_nthreads, probabilities=config.write_probseg),
             name=f"seg_{network}",
             n_procs=config.omp_nthreads,
         )
@@ -405,6 +405,12 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
             (ds, merge_dseg, [("out_file", f"in{k + 1}")]),
         ])
         written.append((ds, "out_file"))
+        if config.write_probseg:
+            ds_prob = _sink(config, f"ds_probseg_{network}", {**ent, "desc": network}, "probseg", sources,
+                            {"Description": f"per-label probabilities of {network}; volume k is label LabelIndices[k]"})
+            workflow.connect([(seg, ds_prob, [(("probsegs", _first), "in_file"),
+                                              (("probseg_labels", _labels_metadata), "metadata")])])
+            written.append((ds_prob, "out_file"))
 
     region = pe.Node(MuscleRegionIMAT(), name="muscle_region")
     ds_region = _sink(config, "ds_muscleregion", {**ent, "desc": "muscleregion"}, "mask", sources,
@@ -459,6 +465,13 @@ def _ff_sources(rin: RegionInputs) -> list:
     if rin.dixon_water is not None:
         return [rin.dixon_water, rin.dixon_fat]
     return []
+
+
+def _labels_metadata(probseg_labels: list) -> dict:
+    return {
+        "Description": "per-label probabilities; volume k is label LabelIndices[k] of the label table",
+        "LabelIndices": probseg_labels[0],
+    }
 
 
 def _first(items):

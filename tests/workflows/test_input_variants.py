@@ -43,7 +43,7 @@ def variant_run(tmp_path_factory):
         (root / "sub-01" / folder / f"{stem}.json").write_text(json.dumps({**meta, "MagneticFieldStrength": 3.0}))
     out = root.parent / "out"
     proc = subprocess.run([sys.executable, "-m", "bids_muscle.cli.run", str(root), str(out), "participant", "--sloppy",
-                           "-w", str(root.parent / "work")], capture_output=True, text=True, timeout=900)
+                           "--write-probseg", "-w", str(root.parent / "work")], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out / "sub-01/anat", truth
 
@@ -82,3 +82,15 @@ def test_double_angle_b1(variant_run):
                                   "bids:raw:sub-01/fmap/sub-01_acq-calf_flip-2_TB1DAM.nii.gz"]
     table = (out / "sub-01_acq-calf_biomarkers.tsv").read_text().splitlines()[0].split("\t")
     assert "ff_dixon_percent_mean" in table
+
+
+def test_probabilities_are_written_with_their_label_order(variant_run):
+    out, _ = variant_run
+    prob = nb.load(out / "sub-01_acq-calf_desc-unet2d_probseg.nii.gz")
+    dseg = _load(out / "sub-01_acq-calf_desc-unet2d_dseg.nii.gz")
+    labels = json.loads((out / "sub-01_acq-calf_desc-unet2d_probseg.json").read_text())["LabelIndices"]
+    assert prob.shape == dseg.shape + (len(labels),) and len(labels) == 20
+    data = np.asarray(prob.dataobj)
+    inside = dseg > 0
+    # the label of a voxel is the channel of highest probability
+    assert np.mean(np.array(labels)[np.argmax(data[inside], axis=-1)] == dseg[inside]) > 0.95
