@@ -182,6 +182,9 @@ def _run_workflow(workflow, config: Config) -> list[Path]:
     crash_dir.mkdir(parents=True, exist_ok=True)
     workflow.base_dir = str(config.work_dir)
     workflow.config["execution"]["crashdump_dir"] = str(crash_dir)
+    if config.plugin in ("MultiProc", "Linear"):
+        # local plugins: poll often; a chain of short nodes otherwise waits 2 s per step
+        workflow.config["execution"]["poll_sleep_duration"] = 0.05
     before = set(crash_dir.glob("crash-*"))
     try:
         workflow.run(plugin=config.plugin, plugin_args=config.plugin_args())
