@@ -24,6 +24,17 @@ def load_series(paths: list[str], volumes: list[int | None] | None = None) -> tu
     return np.stack(data, axis=-1), nb.load(str(paths[0])).affine
 
 
+def load_pair_on_grid(reference: str | Path, other: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two 3D images on the grid of ``reference``; ``other`` is resampled (linear) when its grid differs."""
+    from bids_muscle.qmri.mtr import resample_to_grid
+
+    ref, affine = load_volume(reference)
+    data, other_affine = load_volume(other)
+    if data.shape != ref.shape or not np.allclose(affine, other_affine, atol=1e-3):
+        data = resample_to_grid(data, other_affine, ref.shape, affine)
+    return ref, data, affine
+
+
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
 

@@ -6,7 +6,7 @@ import nibabel as nb
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
-from bids_muscle.interfaces.images import load_series, load_volume, save_image
+from bids_muscle.interfaces.images import load_pair_on_grid, load_series, save_image
 from bids_muscle.qmri import b1 as b1map
 from bids_muscle.qmri import dixon, mtr, se2echo
 from bids_muscle.qmri import t2 as t2fit
@@ -131,10 +131,7 @@ class ComputeMTR(SimpleInterface):
     output_spec = _MTROutputSpec
 
     def _run_interface(self, runtime):
-        m_off, off_affine = load_volume(self.inputs.mt_off)
-        m_on, on_affine = load_volume(self.inputs.mt_on)
-        if m_on.shape != m_off.shape or not np.allclose(on_affine, off_affine, atol=1e-3):
-            m_on = mtr.resample_to_grid(m_on, on_affine, m_off.shape, off_affine)
+        m_off, m_on, off_affine = load_pair_on_grid(self.inputs.mt_off, self.inputs.mt_on)
         mask = foreground_mask(m_off)
         self._results["mtr"] = save_image(mtr.mtr_percent(m_off, m_on, mask=mask), off_affine, "mtr.nii.gz", runtime.cwd)
         return runtime
@@ -186,10 +183,7 @@ class DoubleAngleB1(SimpleInterface):
     output_spec = _DAMOutputSpec
 
     def _run_interface(self, runtime):
-        s_a, affine = load_volume(self.inputs.s_alpha)
-        s_2a, affine_2a = load_volume(self.inputs.s_2alpha)
-        if s_2a.shape != s_a.shape or not np.allclose(affine, affine_2a, atol=1e-3):
-            s_2a = mtr.resample_to_grid(s_2a, affine_2a, s_a.shape, affine)
+        s_a, s_2a, affine = load_pair_on_grid(self.inputs.s_alpha, self.inputs.s_2alpha)
         b1 = b1map.b1_double_angle(s_a, s_2a, nominal_deg=self.inputs.nominal_deg, mask=foreground_mask(s_a))
         self._results["b1"] = save_image(b1, affine, "b1_dam.nii.gz", runtime.cwd)
         return runtime
@@ -211,10 +205,7 @@ class WaterFatFF(SimpleInterface):
     output_spec = _WaterFatOutputSpec
 
     def _run_interface(self, runtime):
-        water, affine = load_volume(self.inputs.water)
-        fat, _ = load_volume(self.inputs.fat)
-        if water.shape != fat.shape:
-            raise ValueError(f"{self.inputs.fat}: shape {fat.shape} differs from the water image {water.shape}")
+        water, fat, affine = load_pair_on_grid(self.inputs.water, self.inputs.fat)
         ff = dixon.fat_fraction_from_water_fat(water, fat, mask=foreground_mask(water + fat))
         self._results["ff"] = save_image(ff, affine, "dixon_ff.nii.gz", runtime.cwd)
         return runtime

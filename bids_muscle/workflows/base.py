@@ -137,11 +137,13 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     elif rin.mese is not None:
         written.append((init_twopoint_wf(config, rin), "outputnode.written"))
 
-    dixon_wf = None
+    dixon_wf, dixon_ff = None, None
     if rin.megre_mag is not None:
         dixon_wf = init_dixon_wf(config, rin)
+        dixon_ff = "outputnode.ff"
     elif rin.dixon_water is not None:
         dixon_wf = init_waterfat_wf(config, rin)
+        dixon_ff = "outputnode.map"
     if dixon_wf is not None:
         written.append((dixon_wf, "outputnode.written"))
 
@@ -162,13 +164,13 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
             for field in MESE_MAPS:
                 workflow.connect(mese_wf, f"outputnode.{field}", seg_wf, f"inputnode.mese_{field}")
         elif dixon_wf is not None:
-            workflow.connect(dixon_wf, "outputnode.ff", seg_wf, "inputnode.ff")
+            workflow.connect(dixon_wf, dixon_ff, seg_wf, "inputnode.ff")
         if dixon_wf is not None:
-            workflow.connect(dixon_wf, "outputnode.ff", seg_wf, "inputnode.ff_dixon")
+            workflow.connect(dixon_wf, dixon_ff, seg_wf, "inputnode.ff_dixon")
         if rin.megre_phase is not None:
             workflow.connect(dixon_wf, "outputnode.r2star", seg_wf, "inputnode.r2star")
         if mtr_wf is not None:
-            workflow.connect(mtr_wf, "outputnode.mtr", seg_wf, "inputnode.mtr")
+            workflow.connect(mtr_wf, "outputnode.map", seg_wf, "inputnode.mtr")
     _collect(workflow, written, outputnode)
     return workflow
 
@@ -284,22 +286,32 @@ def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
     return workflow
 
 
+def _single_map_wf(config: Config, name: str, desc: str, compute, field: str, entities: dict, suffix: str,
+                   sources: list, metadata: dict) -> Workflow:
+    """A workflow of one computing node whose one map is stored; outputs ``written`` and ``map``."""
+    workflow = Workflow(name=name)
+    workflow.__desc__ = desc
+    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "map"]), name="outputnode")
+    ds = _sink(config, f"ds_{field}", entities, suffix, sources, metadata)
+    workflow.connect([(compute, ds, [(field, "in_file")]), (ds, outputnode, [("out_file", "map")])])
+    _collect(workflow, [(ds, "out_file")], outputnode)
+    return workflow
+
+
 def init_waterfat_wf(config: Config, rin: RegionInputs) -> Workflow:
-    """Fat fraction from the scanner's Dixon water and fat images.
+    """Fat fraction (``desc-dixon_FFmap``) from the scanner's Dixon water and fat images.
 
     Outputs
     -------
-    outputnode.written, outputnode.ff
+    outputnode.written, outputnode.map
     """
-    workflow = Workflow(name="waterfat_wf")
-    workflow.__desc__ = "The fat fraction was computed from the scanner's Dixon water and fat images as 100 F / (W + F)."
-    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "ff"]), name="outputnode")
-    compute = pe.Node(WaterFatFF(water=str(rin.dixon_water), fat=str(rin.dixon_fat)), name="waterfat_ff")
-    ds = _sink(config, "ds_ff", {**rin.entities, "desc": "dixon"}, "FFmap", [rin.dixon_water, rin.dixon_fat],
-               {"Units": "percent", "Description": "fat fraction 100 |F| / (|W| + |F|) from scanner water and fat images"})
-    workflow.connect([(compute, ds, [("ff", "in_file")]), (ds, outputnode, [("out_file", "ff")])])
-    _collect(workflow, [(ds, "out_file")], outputnode)
-    return workflow
+    return _single_map_wf(
+        config, "waterfat_wf",
+        "The fat fraction was computed from the scanner's Dixon water and fat images as 100 F / (W + F).",
+        pe.Node(WaterFatFF(water=str(rin.dixon_water), fat=str(rin.dixon_fat)), name="waterfat_ff"),
+        "ff", {**rin.entities, "desc": "dixon"}, "FFmap", [rin.dixon_water, rin.dixon_fat],
+        {"Units": "percent", "Description": "fat fraction 100 |F| / (|W| + |F|) from scanner water and fat images"},
+    )
 
 
 def init_twopoint_wf(config: Config, rin: RegionInputs) -> Workflow:
@@ -324,36 +336,30 @@ def init_twopoint_wf(config: Config, rin: RegionInputs) -> Workflow:
 
 def init_b1dam_wf(config: Config, rin: RegionInputs) -> Workflow:
     """Relative B1 by the double-angle method (``fmap`` TB1DAM pair) as ``desc-dam_TB1map``."""
-    workflow = Workflow(name="b1dam_wf")
-    (a1, a2) = (m["FlipAngle"] for m in rin.b1_dam.metadata)
-    workflow.__desc__ = f"B1 was mapped by the double-angle method ({a1:g} and {a2:g} deg)."
-    outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
-    compute = pe.Node(DoubleAngleB1(s_alpha=str(rin.b1_dam.files[0]), s_2alpha=str(rin.b1_dam.files[1]), nominal_deg=a1),
-                      name="double_angle_b1")
-    ds = _sink(config, "ds_b1", {**rin.entities, "desc": "dam"}, "TB1map", rin.b1_dam.files,
-               {"Units": "arbitrary", "Description": "transmit field as a fraction of nominal (1 = nominal), double-angle method",
-                "FlipAngle": [a1, a2]})
-    workflow.connect(compute, "b1", ds, "in_file")
-    _collect(workflow, [(ds, "out_file")], outputnode)
-    return workflow
+    a1, a2 = (m["FlipAngle"] for m in rin.b1_dam.metadata)
+    return _single_map_wf(
+        config, "b1dam_wf", f"B1 was mapped by the double-angle method ({a1:g} and {a2:g} deg).",
+        pe.Node(DoubleAngleB1(s_alpha=str(rin.b1_dam.files[0]), s_2alpha=str(rin.b1_dam.files[1]), nominal_deg=a1),
+                name="double_angle_b1"),
+        "b1", {**rin.entities, "desc": "dam"}, "TB1map", rin.b1_dam.files,
+        {"Units": "arbitrary", "Description": "transmit field as a fraction of nominal (1 = nominal), double-angle method",
+         "FlipAngle": [a1, a2]},
+    )
 
 
 def init_mtr_wf(config: Config, rin: RegionInputs) -> Workflow:
-    """Magnetisation transfer ratio from MT-off and MT-on images.
+    """Magnetisation transfer ratio (``MTRmap``) from MT-off and MT-on images.
 
     Outputs
     -------
-    outputnode.written, outputnode.mtr
+    outputnode.written, outputnode.map
     """
-    workflow = Workflow(name="mtr_wf")
-    workflow.__desc__ = "The magnetisation transfer ratio was computed as MTR = 100 (M_off - M_on) / M_off."
-    outputnode = pe.Node(niu.IdentityInterface(fields=["written", "mtr"]), name="outputnode")
-    compute = pe.Node(ComputeMTR(mt_off=str(rin.mt_off), mt_on=str(rin.mt_on)), name="compute_mtr")
-    ds = _sink(config, "ds_mtr", rin.entities, "MTRmap", [rin.mt_off, rin.mt_on],
-               {"Units": "percent", "Description": "magnetisation transfer ratio 100 (M_off - M_on) / M_off"})
-    workflow.connect([(compute, ds, [("mtr", "in_file")]), (ds, outputnode, [("out_file", "mtr")])])
-    _collect(workflow, [(ds, "out_file")], outputnode)
-    return workflow
+    return _single_map_wf(
+        config, "mtr_wf", "The magnetisation transfer ratio was computed as MTR = 100 (M_off - M_on) / M_off.",
+        pe.Node(ComputeMTR(mt_off=str(rin.mt_off), mt_on=str(rin.mt_on)), name="compute_mtr"),
+        "mtr", rin.entities, "MTRmap", [rin.mt_off, rin.mt_on],
+        {"Units": "percent", "Description": "magnetisation transfer ratio 100 (M_off - M_on) / M_off"},
+    )
 
 
 def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Workflow:
