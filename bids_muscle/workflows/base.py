@@ -407,7 +407,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
                    dtype="int16")
         workflow.connect([
             (inputnode, seg, [("reference", "in_file")]),
-            (seg, ds, [(("dsegs", _first), "in_file")]),
+            (seg, ds, [(("dsegs", _first), "in_file"), (("model_cards", _model_metadata, ds.inputs.metadata), "metadata")]),
             (ds, merge_dseg, [("out_file", f"in{k + 1}")]),
         ])
         written.append((ds, "out_file"))
@@ -471,6 +471,10 @@ def _ff_sources(rin: RegionInputs) -> list:
     if rin.dixon_water is not None:
         return [rin.dixon_water, rin.dixon_fat]
     return []
+
+
+def _model_metadata(cards: list, base: dict) -> dict:
+    return {**base, "Model": cards[0]}
 
 
 def _labels_metadata(probseg_labels: list) -> dict:
