@@ -26,19 +26,6 @@ REGIONS = ("thigh", "calf")
 
 #: BIDS entity order used to build file names (subset relevant here).
 ENTITY_ORDER = ("sub", "ses", "acq", "rec", "run", "echo", "flip", "mt", "part", "desc")
-LONG_TO_SHORT = {
-    "subject": "sub",
-    "session": "ses",
-    "acquisition": "acq",
-    "reconstruction": "rec",
-    "run": "run",
-    "echo": "echo",
-    "flip": "flip",
-    "mt": "mt",
-    "part": "part",
-    "desc": "desc",
-}
-
 #: Suffixes written by bids_muscle that BIDS does not define.
 CUSTOM_SUFFIXES = ("FFmap", "biomarkers", "slices", "fieldmap")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
-from bids_muscle.interfaces.images import load_series, save_image, voxel_sizes
+from bids_muscle.interfaces.images import load_series, save_image
 from bids_muscle.qmri.bias import foreground_mask, n4_bias_field
+from bids_muscle.seg.legs import voxel_sizes
 
 
 class _N4InputSpec(BaseInterfaceInputSpec):

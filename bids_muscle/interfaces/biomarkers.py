@@ -10,9 +10,9 @@ import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle import bids
-from bids_muscle.interfaces.images import voxel_sizes
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
+from bids_muscle.seg.legs import voxel_sizes
 from bids_muscle.stats.biomarkers import column_descriptions, muscle_table, slice_table
 
 #: Biomarker column name of each map and the factor from its file unit.

@@ -35,10 +35,6 @@ def load_pair_on_grid(reference: str | Path, other: str | Path) -> tuple[np.ndar
     return ref, data, affine
 
 
-def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(v) for v in np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0)))
-
-
 def save_image(data: np.ndarray, affine: np.ndarray, name: str, cwd: str | Path) -> str:
     """Save an array in the node's working directory; returns the absolute path."""
     path = Path(cwd) / name

@@ -7,8 +7,9 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, OutputMultiObject, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle.imat.region import imat_threshold, muscle_region_from_labels
-from bids_muscle.interfaces.images import save_image, voxel_sizes
+from bids_muscle.interfaces.images import save_image
 from bids_muscle.seg.infer import resample_labels, segment
+from bids_muscle.seg.legs import voxel_sizes
 from bids_muscle.seg.zoo import load_model
 
 
