@@ -8,9 +8,9 @@ chain; they are not meant for real scans.
 
 Usage::
 
-    python benchmarks/train_phantom_models.py OUT_DIR [--regions thigh calf] [--minutes 8]
+    python benchmarks/train_phantom_models.py OUT_DIR [--regions thigh calf] [--architecture unet2d] [--minutes 8]
 
-Writes ``<region>_unet2d.pt`` and ``.json`` (card with the validation Dice)
+Writes ``<region>_<architecture>.pt`` and ``.json`` (card with the validation Dice)
 into OUT_DIR and prints the Dice of each model on 4 fresh phantom
 participants (seeds ``[2000, k]``) after running it through
 :func:`bids_muscle.seg.infer.segment` on their T1w images.
@@ -56,8 +56,8 @@ def training_set(region: str, n_anatomies: int, n_slices: int = 6):
     return images, labels, affines
 
 
-def evaluate(region: str, model_dir: Path, n: int = 4) -> float:
-    model, card = load_model(f"{region}_unet2d", model_dir)
+def evaluate(region: str, architecture: str, model_dir: Path, n: int = 4) -> float:
+    model, card = load_model(f"{region}_{architecture}", model_dir)
     dices = []
     for k in range(n):
         rng = np.random.default_rng([2000, k])
@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--regions", nargs="+", default=["thigh", "calf"])
+    parser.add_argument("--architecture", default="unet2d", choices=["unet2d", "unet3d", "transunet", "hrnet"])
     parser.add_argument("--minutes", type=float, default=8.0, help="training time limit per model")
     parser.add_argument("--anatomies", type=int, default=24)
     args = parser.parse_args()
@@ -81,7 +82,7 @@ def main() -> None:
         t0 = time.time()
         images, labels, affines = training_set(region, args.anatomies)
         result = train_model(
-            images, labels, affines, region, "unet2d", args.out_dir,
+            images, labels, affines, region, args.architecture, args.out_dir,
             arguments={"base_features": 8},
             voxel_size_mm=(2.0, 2.0, None),
             epochs=200, steps_per_epoch=25, batch_size=8, patience=15, seed=0,
@@ -89,11 +90,11 @@ def main() -> None:
             training_data=[{"name": "bids_muscle digital phantom", "origin": "bids_muscle.phantom (seeds [1000, k])",
                             "images": len(images), "contrasts": list(CONTRASTS), "licence": "Apache-2.0"}],
             licence="Apache-2.0",
-            description=f"U-Net 2D for the {region} muscles, trained on the digital phantom only (demo and tests); "
+            description=f"{args.architecture} for the {region} muscles, trained on the digital phantom only (demo and tests); "
                         "not validated on real scans.",
             progress=lambda r: print(f"{region} epoch {r['epoch']} loss {r['train_loss']:.3f} val Dice {r['val_dice']:.3f}", flush=True),
         )
-        dice = evaluate(region, args.out_dir)
+        dice = evaluate(region, args.architecture, args.out_dir)
         card = json.loads(result.card_path.read_text())
         card["validation"]["test_dice_phantom_t1w"] = round(dice, 4)
         card["validation"]["test_set"] = "4 phantom participants, seeds [2000, k], T1w, through segment()"

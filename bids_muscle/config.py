@@ -44,6 +44,7 @@ class Config:
     stop_on_first_crash: bool = False
     sloppy: bool = False
     site_column: str = "site"
+    reference_seg: Path | None = None
     networks: tuple[str, ...] = ("unet2d",)
     networks_requested: bool = False
     model_dir: str | None = None

@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     grp = parser.add_argument_group("group level")
     grp.add_argument("--site-column", default="site",
                      help="column of participants.tsv that names the acquisition site")
+    grp.add_argument("--reference-seg", type=Path, metavar="DERIV_DIR",
+                     help="BIDS derivatives with reference muscle labels (sub-<p>_acq-<region>[_desc-manual]_dseg.nii.gz) "
+                          "to compare every network with")
 
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
@@ -113,6 +116,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     output_dir = opts.output_dir.expanduser().resolve()
     if opts.erode_mm < 0:
         parser.error("--erode-mm must not be negative")
+    if opts.reference_seg and not opts.reference_seg.is_dir():
+        parser.error(f"--reference-seg {opts.reference_seg}: folder not found")
     if opts.model_dir and not opts.model_dir.is_dir():
         parser.error(f"--model-dir {opts.model_dir}: folder not found")
     if output_dir == bids_dir:
@@ -138,6 +143,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         stop_on_first_crash=opts.stop_on_first_crash,
         sloppy=opts.sloppy,
         site_column=opts.site_column,
+        reference_seg=opts.reference_seg.expanduser().resolve() if opts.reference_seg else None,
         networks=tuple(dict.fromkeys(opts.networks)) if opts.networks else ("unet2d",),
         networks_requested=bool(opts.networks),
         model_dir=str(opts.model_dir.expanduser().resolve()) if opts.model_dir else None,

@@ -45,6 +45,7 @@ class ParticipantReport(SimpleInterface):
 class _GroupReportInputSpec(BaseInterfaceInputSpec):
     out_dir = Directory(mandatory=True)
     tables = traits.Dict(mandatory=True, desc="group table name -> path")
+    agreement_tables = traits.Dict(desc="segmentation agreement table name -> path")
     command = traits.Str("")
 
 
@@ -55,5 +56,6 @@ class GroupReport(SimpleInterface):
     output_spec = _ReportOutputSpec
 
     def _run_interface(self, runtime):
-        self._results["out_report"] = str(build_group_report(self.inputs.out_dir, dict(self.inputs.tables), self.inputs.command))
+        self._results["out_report"] = str(build_group_report(
+            self.inputs.out_dir, {**self.inputs.tables, **(self.inputs.agreement_tables or {})}, self.inputs.command))
         return runtime

@@ -68,6 +68,33 @@ def _bland_altman_figure(diffs: pd.DataFrame, metric: str, out: Path) -> bool:
     return True
 
 
+def _dice_figure(agreement: pd.DataFrame, out: Path) -> bool:
+    rows = agreement[agreement["present_b"].astype(bool)]
+    if rows.empty:
+        return False
+    pairs = [f"{a} vs {b}" for a, b in zip(rows["network_a"], rows["network_b"])]
+    rows = rows.assign(pair=pairs, muscle_region=rows["region"] + ": " + rows["muscle"])
+    muscles = sorted(rows["muscle_region"].unique())
+    pair_names = sorted(rows["pair"].unique())
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(muscles) * len(pair_names)), 3.2))
+    width = 0.8 / len(pair_names)
+    for k, pair in enumerate(pair_names):
+        data = [rows[(rows["muscle_region"] == m) & (rows["pair"] == pair)]["dice"].dropna().to_numpy() for m in muscles]
+        box = ax.boxplot([d if d.size else [np.nan] for d in data], positions=np.arange(len(muscles)) + k * width,
+                         widths=width * 0.9, patch_artist=True, showfliers=True)
+        for patch in box["boxes"]:
+            patch.set_facecolor(plt.get_cmap("tab10")(k))
+        ax.plot([], [], color=plt.get_cmap("tab10")(k), label=pair, linewidth=6)
+    ax.set_xticks(np.arange(len(muscles)) + 0.4 - width / 2)
+    ax.set_xticklabels(muscles, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.savefig(out, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "") -> Path:
     """Write ``group/report.html`` with figures in ``group/figures/``."""
     group_dir = Path(out_dir) / "group"
@@ -86,6 +113,12 @@ def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "")
             if _bland_altman_figure(diffs, metric, png):
                 figures.append({"title": f"Bland-Altman: {metric} between networks", "src": png.relative_to(group_dir).as_posix()})
         sections.append({"title": "Bland-Altman statistics", "table": _read(tables["bland_altman"]).to_html(index=False, na_rep="n/a", float_format=lambda v: f"{v:.3g}")})
+    if "agreement" in tables:
+        png = fig_dir / "dice_per_muscle.png"
+        if _dice_figure(_read(tables["agreement"]), png):
+            figures.append({"title": "Dice per muscle between segmentations", "src": png.relative_to(group_dir).as_posix()})
+        sections.append({"title": "Segmentation agreement (Dice, HD95, absence and outlier rates)",
+                         "table": _read(tables["agreement_summary"]).to_html(index=False, na_rep="n/a", float_format=lambda v: f"{v:.3g}")})
     if "site_effects" in tables:
         effects = _read(tables["site_effects"])
         if "p_value" in effects:

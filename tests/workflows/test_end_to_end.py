@@ -23,7 +23,7 @@ def derivatives(phantom_bids, tmp_path_factory):
     work = out.parent / "work"
     code, log = _cli(phantom_bids, out, "participant", "--participant-label", "01", "02", "--sloppy", "-w", work, "--nprocs", "2")
     assert code == 0, log
-    code, log = _cli(phantom_bids, out, "group", "-w", work)
+    code, log = _cli(phantom_bids, out, "group", "-w", work, "--reference-seg", phantom_bids / "derivatives" / "truth")
     assert code == 0, log
     return out
 
@@ -96,3 +96,17 @@ def test_rerun_keeps_outputs_whole(derivatives, phantom_bids):
     assert code == 0, log
     assert not list(derivatives.rglob("*.tmp*"))
     assert {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")} == before
+
+
+def test_group_agreement_with_the_reference(derivatives):
+    group = derivatives / "group"
+    summary = pd.read_csv(group / "agreement_summary.tsv", sep="\t", na_values="n/a")
+    vs_truth = summary[summary["network_b"] == "reference"]
+    assert set(vs_truth["region"]) == {"thigh", "calf"}
+    assert (vs_truth["dice_mean"] > 0.8).all() and (vs_truth["absence_rate"] == 0).all()
+    rows = pd.read_csv(group / "agreement.tsv", sep="\t", na_values="n/a")
+    assert {"dice", "hd95_mm", "assd_mm", "volume_diff_ml", "delta_ff_mese_percent", "delta_water_t2_ms"} <= set(rows.columns)
+    assert len(rows[rows["network_b"] == "reference"]) == 2 * (26 + 20)  # participants x (thigh + calf labels)
+    for name in ("agreement_bland_altman.tsv", "agreement_g20.tsv", "figures/dice_per_muscle.png"):
+        assert (group / name).is_file(), name
+    assert "Segmentation agreement" in (group / "report.html").read_text()
