@@ -90,7 +90,7 @@ class FitMEGRE(SimpleInterface):
     def _run_interface(self, runtime):
         magnitude, affine = load_series(list(self.inputs.magnitude))
         te = np.asarray(self.inputs.echo_times, dtype=np.float64)
-        mask = np.asarray(nb.load(self.inputs.mask).dataobj) > 0 if self.inputs.mask else None
+        mask = np.asarray(nb.load(self.inputs.mask).dataobj) > 0 if self.inputs.mask else foreground_mask(magnitude[..., 0])
         meta = {"EchoTime": [round(float(t), 6) for t in te], "MagneticFieldStrength": self.inputs.field_strength,
                 "FatModel": "6-peak (Hamilton et al. 2011)"}
         try:

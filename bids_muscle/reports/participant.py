@@ -72,11 +72,15 @@ def _label_colormap(table: Path) -> tuple[ListedColormap, dict]:
     return ListedColormap(colours), dict(zip(rows["index"], rows.get("abbreviation", rows["name"])))
 
 
-def _seg_figure(anat: np.ndarray, dseg: np.ndarray, table: Path | None, out: Path, title: str) -> None:
+def _seg_figure(anat: np.ndarray, dseg: np.ndarray, table: Path | None, out: Path, title: str,
+                mask_colour: str = "#ff3030") -> None:
     zs = _slices(anat.shape[2])
     fig, axes = plt.subplots(1, len(zs), figsize=(4 * len(zs), 2.6), squeeze=False)
     vmax = np.percentile(anat, 99.5)
-    cmap, names = _label_colormap(table) if table and table.exists() else (plt.get_cmap("tab20"), {})
+    if table is not None and table.exists():
+        cmap, names = _label_colormap(table)
+    else:  # a binary mask: one bright colour
+        cmap, names = ListedColormap([(0, 0, 0, 0), mask_colour]), {}
     for ax, z in zip(axes[0], zs):
         _show(ax, anat[..., z], cmap="gray", vmin=0, vmax=vmax)
         lab = np.ma.masked_equal(dseg[..., z], 0)
@@ -163,9 +167,11 @@ def build_participant_report(
             sec.figures.append({"src": png.relative_to(out_dir).as_posix(), "caption": f"Segmentation '{net}' over the anatomical reference"})
         for mask_desc in ("muscleregion", "imat"):
             mask = next((f for f in rfiles if f.name.endswith(f"desc-{mask_desc}_mask.nii.gz")), None)
-            if mask is not None and anat_data is not None:
+            mask_data = _load(mask) if mask is not None else None
+            if mask_data is not None and anat_data is not None and mask_data.shape == anat_data.shape:
                 png = fig_dir / f"{prefix}_acq-{region}_desc-{mask_desc}_mask.png"
-                _seg_figure(anat_data, _load(mask).astype(int), None, png, f"{region}: {mask_desc} mask")
+                colour = "#ff3030" if mask_desc == "imat" else "#30c0ff"
+                _seg_figure(anat_data, mask_data.astype(int), None, png, f"{region}: {mask_desc} mask", colour)
                 sec.figures.append({"src": png.relative_to(out_dir).as_posix(), "caption": bids.DESCRIPTIONS[mask_desc]})
         maps = []
         for suffix, desc, title, scale, unit, lim in MAPS:

@@ -53,6 +53,7 @@ def init_participant_wf(
     report = pe.Node(
         ParticipantReport(out_dir=str(config.output_dir), subject=subject, command=config.command),
         name="report",
+        overwrite=True,
     )
     if session:
         report.inputs.session = session
@@ -85,6 +86,7 @@ def _sink(config: Config, name: str, entities: dict, suffix: str, sources: list,
         ),
         name=name,
         run_without_submitting=True,
+        overwrite=True,  # writes outside the work dir: rerun even when cached, so deleted outputs come back
     )
 
 
@@ -432,6 +434,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
             entities=ent, source_files=[str(f) for f in rin.all_files()], bids_dir=str(config.bids_dir),
         ),
         name="biomarkers",
+        overwrite=True,
     )
     workflow.connect([
         (merge_dseg, biomarkers, [("out", "dsegs")]),

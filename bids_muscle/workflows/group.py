@@ -38,6 +38,7 @@ def init_group_wf(config: Config) -> Workflow:
             site_column=config.site_column,
         ),
         name="aggregate",
+        overwrite=True,  # the group nodes write outside the work dir and only read tables: always rerun
     )
     agreement = pe.Node(
         SegmentationAgreement(
@@ -47,8 +48,9 @@ def init_group_wf(config: Config) -> Workflow:
             reference_dir=str(config.reference_seg) if config.reference_seg else None,
         ),
         name="agreement",
+        overwrite=True,
     )
-    report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command), name="report")
+    report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command), name="report", overwrite=True)
     workflow.connect([
         (aggregate, report, [("tables", "tables")]),
         (agreement, report, [("tables", "agreement_tables")]),
