@@ -21,7 +21,8 @@ def _cli(*args):
 def derivatives(phantom_bids, tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "out"
     work = out.parent / "work"
-    code, log = _cli(phantom_bids, out, "participant", "--participant-label", "01", "02", "--sloppy", "-w", work, "--nprocs", "2")
+    code, log = _cli(phantom_bids, out, "participant", "--participant-label", "01", "02", "--sloppy", "-w", work, "--nprocs", "2",
+                     "--networks", "unet2d", "hrnet")
     assert code == 0, log
     code, log = _cli(phantom_bids, out, "group", "-w", work, "--reference-seg", phantom_bids / "derivatives" / "truth")
     assert code == 0, log
@@ -67,7 +68,9 @@ def test_maps_recover_the_phantom_truth(derivatives, phantom_bids):
 
 def test_segmentation_tables_and_reports(derivatives, phantom_bids):
     for sub in ("01", "02"):
-        assert (derivatives / f"sub-{sub}.html").read_text().count("<figure>") >= 3
+        html = (derivatives / f"sub-{sub}.html").read_text()
+        assert html.count("<figure>") >= 3
+        assert 'class="dataframe"' in html and "&lt;table" not in html
         table = pd.read_csv(derivatives / f"sub-{sub}/anat/sub-{sub}_acq-thigh_biomarkers.tsv", sep="\t", na_values="n/a")
         assert {"volume_ml", "water_t2_ms_mean", "ff_mese_percent_mean", "imat_fraction", "network"} <= set(table.columns)
         truth = np.asarray(nb.load(phantom_bids / f"derivatives/truth/sub-{sub}/anat/sub-{sub}_acq-thigh_dseg.nii.gz").dataobj)
@@ -84,18 +87,23 @@ def test_group_outputs(derivatives):
     assert set(tidy["participant"].astype(str).str.zfill(2)) == {"01", "02"}
     assert set(tidy["site"]) == {"siteA", "siteB"}
     assert set(tidy["region"]) == {"thigh", "calf"}
-    for name in ("biomarkers_wide.tsv", "site_summary.tsv", "excluded.tsv", "report.html"):
+    assert set(tidy["network"]) == {"unet2d", "hrnet"}
+    for name in ("biomarkers_wide.tsv", "site_summary.tsv", "excluded.tsv", "report.html", "network_differences.tsv",
+                 "bland_altman.tsv"):
         assert (group / name).is_file(), name
     assert pd.read_csv(group / "excluded.tsv", sep="\t").empty
 
 
 def test_rerun_keeps_outputs_whole(derivatives, phantom_bids):
     before = {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")}
+    lost = derivatives / "sub-01/anat/sub-01_acq-thigh_desc-water_T2map.nii.gz"
+    lost.unlink()  # a user deletes an output; the rerun (cached work dir) must bring it back
     code, log = _cli(phantom_bids, derivatives, "participant", "--participant-label", "01", "--sloppy",
                      "-w", derivatives.parent / "work")
     assert code == 0, log
     assert not list(derivatives.rglob("*.tmp*"))
     assert {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")} == before
+    assert lost.is_file()
 
 
 def test_group_agreement_with_the_reference(derivatives):
@@ -106,7 +114,11 @@ def test_group_agreement_with_the_reference(derivatives):
     assert (vs_truth["dice_mean"] > 0.8).all() and (vs_truth["absence_rate"] == 0).all()
     rows = pd.read_csv(group / "agreement.tsv", sep="\t", na_values="n/a")
     assert {"dice", "hd95_mm", "assd_mm", "volume_diff_ml", "delta_ff_mese_percent", "delta_water_t2_ms"} <= set(rows.columns)
-    assert len(rows[rows["network_b"] == "reference"]) == 2 * (26 + 20)  # participants x (thigh + calf labels)
+    # 2 networks x 2 participants x (thigh + calf labels)
+    assert len(rows[rows["network_b"] == "reference"]) == 2 * 2 * (26 + 20)
+    between = summary[(summary["network_a"] == "hrnet") & (summary["network_b"] == "unet2d")]
+    assert set(between["region"]) == {"thigh", "calf"} and (between["dice_mean"] > 0.6).all()
     for name in ("agreement_bland_altman.tsv", "agreement_g20.tsv", "figures/dice_per_muscle.png"):
         assert (group / name).is_file(), name
-    assert "Segmentation agreement" in (group / "report.html").read_text()
+    report = (group / "report.html").read_text()
+    assert "Segmentation agreement" in report and 'class="dataframe"' in report and "&lt;table" not in report
