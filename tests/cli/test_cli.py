@@ -120,3 +120,10 @@ def test_unwritable_output_folder(tiny_bids, tmp_path):
     blocker.write_text("")
     code, out = _run([tiny_bids, blocker / "out", "participant"], tmp_path)
     assert code == 2 and "cannot create folder" in out
+
+
+def test_network_without_a_model_is_bad_input(tiny_bids, tmp_path, capsys):
+    code = main([str(tiny_bids), str(tmp_path / "out"), "participant", "--networks", "nosuchnet", "-w", str(tmp_path / "w")])
+    assert code == 2
+    assert "--networks nosuchnet: no model named <region>_nosuchnet" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "sub-01").exists()
