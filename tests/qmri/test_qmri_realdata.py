@@ -1,11 +1,14 @@
 """Quantitative maps on real scans, compared with musclemap's reference outputs.
 
 Data: ``../shared/data`` (see its README); every test skips when absent.
-The Dixon tests also write the montages ``docs/figures/dixon_*.png``.
+The Dixon tests also draw montages: into a temporary folder, or into the
+folder named by ``BIDS_MUSCLE_FIGURES_DIR`` (``docs/figures`` regenerates the
+figures of docs/validation.md).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +22,13 @@ from bids_muscle.qmri.se2echo import t2_two_point
 
 nib = pytest.importorskip("nibabel")
 
-FIGURES = Path(__file__).resolve().parents[2] / "docs" / "figures"
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory) -> Path:
+    chosen = os.environ.get("BIDS_MUSCLE_FIGURES_DIR")
+    return Path(chosen) if chosen else tmp_path_factory.mktemp("figures")
+
 TE_DIXON_S = (3.45e-3, 4.60e-3, 5.75e-3)
 
 
@@ -140,7 +149,7 @@ def _thigh_regions(in_phase, voxel_mm):
     return body, subcutaneous, muscle
 
 
-def test_siemens_thigh_dixon_plausible_and_swap_free(shared_data):
+def test_siemens_thigh_dixon_plausible_and_swap_free(shared_data, figures):
     d = _need(shared_data, "thigh_dixon_siemens")
     signal, affine = _siemens_signal(d)
     out = separate_water_fat(signal, TE_DIXON_S, 3.0)
@@ -173,11 +182,11 @@ def test_siemens_thigh_dixon_plausible_and_swap_free(shared_data):
             (out["b0_hz"][:, :, z] * show[:, :, z], "B0 (Hz)", dict(cmap="RdBu_r", vmin=-300, vmax=300)),
             (out["r2star_per_s"][:, :, z] * show[:, :, z], "R2* (1/s)", dict(cmap="viridis", vmin=0, vmax=150)),
         ])
-    _save_montage(FIGURES / "dixon_thigh_siemens.png", panels,
+    _save_montage(figures / "dixon_thigh_siemens.png", panels,
                   "Siemens 3 T thigh, 3-echo complex Dixon (6-peak fat, VARPRO + region growing)", dpi=110)
 
 
-def test_hip_megre_ismrm17_swap_free(shared_data):
+def test_hip_megre_ismrm17_swap_free(shared_data, figures):
     d = _need(shared_data, "hip_megre_ismrm17")
     data = np.load(d / "17.npy")  # (echo, x, y, slice), complex
     signal = np.moveaxis(data, 0, -1)
@@ -208,7 +217,7 @@ def test_hip_megre_ismrm17_swap_free(shared_data):
         ((b0[:, :, z] * show[:, :, z]).T, "B0 (Hz)", dict(cmap="RdBu_r", vmin=-500, vmax=500)),
         ((out["r2star_per_s"][:, :, z] * show[:, :, z]).T, "R2* (1/s)", dict(cmap="viridis", vmin=0, vmax=150)),
     ] for z in (1, 2)]
-    _save_montage(FIGURES / "dixon_hip_ismrm17.png", panels,
+    _save_montage(figures / "dixon_hip_ismrm17.png", panels,
                   "ISMRM 2012 challenge case 17, 1.5 T, 3 echoes (6-peak fat, VARPRO + region growing)")
 
 
