@@ -151,6 +151,11 @@ def write_derivative_image(
     return path
 
 
+def tsv_text(table) -> str:
+    """A pandas table as BIDS TSV text: tab-separated, ``n/a`` for missing values, no index."""
+    return table.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")
+
+
 def write_derivative_table(out_dir: Path, entities: dict, suffix: str, tsv_text: str, sidecar: dict) -> Path:
     """Write one derivative TSV table and its JSON sidecar (column descriptions)."""
     path = derivative_path(out_dir, entities, suffix, ".tsv")

@@ -139,7 +139,6 @@ class SegmentationAgreement(SimpleInterface):
         if comparisons.empty:
             return runtime
         group_dir = out_dir / "group"
-        tsv = lambda df: df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")  # noqa: E731
         written = {"agreement": comparisons}
         by = ["network_a", "network_b", "region"]
         written["agreement_summary"] = gstats.segmentation_agreement_summary(comparisons, by=by)
@@ -151,5 +150,5 @@ class SegmentationAgreement(SimpleInterface):
             if ff is not None:
                 written["agreement_g20"] = gstats.pairwise_g20(found, ff, deltas, by=by)
         for name, table in written.items():
-            self._results["tables"][name] = str(bids.write_text_atomic(group_dir / f"{name}.tsv", tsv(table)))
+            self._results["tables"][name] = str(bids.write_text_atomic(group_dir / f"{name}.tsv", bids.tsv_text(table)))
         return runtime

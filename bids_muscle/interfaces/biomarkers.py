@@ -122,7 +122,6 @@ class MuscleBiomarkers(SimpleInterface):
         sidecar = {"Sources": sources, "ErosionRadius_mm": self.inputs.erode_mm, **descriptions}
         entities = {k: v for k, v in self.inputs.entities.items() if v}
         out_dir = Path(self.inputs.out_dir)
-        tsv = lambda df: df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")  # noqa: E731
-        self._results["out_table"] = str(bids.write_derivative_table(out_dir, entities, "biomarkers", tsv(pd.concat(muscles)), sidecar))
-        self._results["out_slices"] = str(bids.write_derivative_table(out_dir, entities, "slices", tsv(pd.concat(slices)), sidecar))
+        self._results["out_table"] = str(bids.write_derivative_table(out_dir, entities, "biomarkers", bids.tsv_text(pd.concat(muscles)), sidecar))
+        self._results["out_slices"] = str(bids.write_derivative_table(out_dir, entities, "slices", bids.tsv_text(pd.concat(slices)), sidecar))
         return runtime

@@ -58,24 +58,23 @@ def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site") 
         excluded.append({"participant": label, "session": gstats.MISSING, "file": gstats.MISSING,
                          "reason": "no biomarker table in the derivatives"})
     written = {}
-    tsv = lambda df: df.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.6g")  # noqa: E731
     written["excluded"] = bids.write_text_atomic(
-        group_dir / "excluded.tsv", tsv(pd.DataFrame(excluded, columns=["participant", "session", "file", "reason"]))
+        group_dir / "excluded.tsv", bids.tsv_text(pd.DataFrame(excluded, columns=["participant", "session", "file", "reason"]))
     )
     if not tables:
         raise ValueError(f"{out_dir}: no readable participant biomarker tables; run the participant level first")
     tidy = gstats.stack_tables(tables, metadata)
     metrics = gstats.metric_columns(tidy)
-    written["biomarkers"] = bids.write_text_atomic(group_dir / "biomarkers.tsv", tsv(tidy))
-    written["biomarkers_wide"] = bids.write_text_atomic(group_dir / "biomarkers_wide.tsv", tsv(gstats.wide_table(tidy, metrics)))
+    written["biomarkers"] = bids.write_text_atomic(group_dir / "biomarkers.tsv", bids.tsv_text(tidy))
+    written["biomarkers_wide"] = bids.write_text_atomic(group_dir / "biomarkers_wide.tsv", bids.tsv_text(gstats.wide_table(tidy, metrics)))
     summary_metrics = gstats.agreement_metrics(tidy)
-    written["site_summary"] = bids.write_text_atomic(group_dir / "site_summary.tsv", tsv(gstats.site_summary(tidy, summary_metrics)))
+    written["site_summary"] = bids.write_text_atomic(group_dir / "site_summary.tsv", bids.tsv_text(gstats.site_summary(tidy, summary_metrics)))
     if tidy["site"].nunique() > 1:
-        written["site_effects"] = bids.write_text_atomic(group_dir / "site_effects.tsv", tsv(gstats.site_effects(tidy, summary_metrics)))
+        written["site_effects"] = bids.write_text_atomic(group_dir / "site_effects.tsv", bids.tsv_text(gstats.site_effects(tidy, summary_metrics)))
     if tidy["network"].nunique() > 1:
         diffs = gstats.network_differences(tidy, summary_metrics)
-        written["network_differences"] = bids.write_text_atomic(group_dir / "network_differences.tsv", tsv(diffs))
-        written["bland_altman"] = bids.write_text_atomic(group_dir / "bland_altman.tsv", tsv(gstats.pairwise_bland_altman(diffs)))
+        written["network_differences"] = bids.write_text_atomic(group_dir / "network_differences.tsv", bids.tsv_text(diffs))
+        written["bland_altman"] = bids.write_text_atomic(group_dir / "bland_altman.tsv", bids.tsv_text(gstats.pairwise_bland_altman(diffs)))
     return written
 
 

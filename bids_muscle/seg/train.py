@@ -326,13 +326,8 @@ def train_model(
                 "learning_rate": optimiser.param_groups[0]["lr"],
                 "elapsed_s": time.monotonic() - start,
             }
-            history.append(record)
-            if progress is not None:
-                progress(record)
-            if epoch - best_epoch >= patience:
-                stopped_early = True
-                break
-            if time_limit_s is not None and record["elapsed_s"] > time_limit_s:
+            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
+            if stop:
                 break
     network.load_state_dict(best_state)
     network.eval()
@@ -349,6 +344,17 @@ def train_model(
     }
     card_path = save_model(network, card, out_dir)
     return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)
+
+
+def _end_epoch(record: dict, history: list, progress: Progress | None, patience_spent: bool,
+               time_limit_s: float | None) -> tuple[bool, bool]:
+    """Log an epoch; returns (stop training, stopped early by patience)."""
+    history.append(record)
+    if progress is not None:
+        progress(record)
+    if patience_spent:
+        return True, True
+    return time_limit_s is not None and record["elapsed_s"] > time_limit_s, False
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, smooth: float = 1e-5) -> torch.Tensor:
@@ -661,13 +667,8 @@ def train_region_classifier(
                 "val_accuracy": accuracy,
                 "elapsed_s": time.monotonic() - start,
             }
-            history.append(record)
-            if progress is not None:
-                progress(record)
-            if epoch - best_epoch >= patience:
-                stopped_early = True
-                break
-            if time_limit_s is not None and record["elapsed_s"] > time_limit_s:
+            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
+            if stop:
                 break
     network.load_state_dict(best_state)
     network.eval()
