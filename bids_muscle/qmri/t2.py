@@ -40,11 +40,11 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
+from bids_muscle.qmri.blocks import run_in_blocks
 from bids_muscle.qmri.epg import SliceProfile, default_slice_profile, epg_cpmg
 
 WATER_T1_S = 1.4
@@ -437,46 +437,25 @@ def _run_blocks(
     block_size: int,
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, np.ndarray]:
-    """Apply ``fit_block`` to the kept voxels in blocks; NaN elsewhere.
-
-    Blocks are processed by ``torch.get_num_threads()`` worker threads,
-    each running its torch operations single-threaded: the fit is made of
-    many medium-sized operations whose intra-op parallelism costs more in
-    synchronisation than it gains, especially on a shared CPU.
-    """
-    if block_size < 1:
-        raise ValueError(f"block_size must be positive, got {block_size}")
+    """Apply ``fit_block`` to the kept voxels in blocks (on all cores); NaN elsewhere."""
     voxels = echoes[keep]
     n = voxels.shape[0]
     flat = {name: np.full(n, np.nan, dtype=np.float32) for name in names}
     lock = threading.Lock()
     done = [0]
 
-    def work(start: int) -> None:
-        stop = min(start + block_size, n)
+    def work(block: slice) -> None:
         with torch.inference_mode():
-            block = torch.from_numpy(np.ascontiguousarray(voxels[start:stop]))
-            result = fit_block(block, torch.from_numpy(prior[start:stop]))
+            data = torch.from_numpy(np.ascontiguousarray(voxels[block]))
+            result = fit_block(data, torch.from_numpy(prior[block]))
             for name in names:
-                flat[name][start:stop] = result[name].numpy()
+                flat[name][block] = result[name].numpy()
         if progress is not None:
             with lock:
-                done[0] += stop - start
+                done[0] += block.stop - block.start
                 progress(done[0], n)
 
-    workers = max(1, torch.get_num_threads())
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        starts = range(0, n, block_size)
-        if workers == 1 or n <= block_size:
-            for start in starts:
-                work(start)
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(work, starts))
-    finally:
-        torch.set_num_threads(previous)
+    run_in_blocks(n, block_size, work)
     out = {}
     for name in names:
         image = np.full(keep.shape, np.nan, dtype=np.float32)
