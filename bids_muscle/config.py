@@ -43,6 +43,7 @@ class Config:
     plugin_settings: dict = field(default_factory=dict)
     stop_on_first_crash: bool = False
     sloppy: bool = False
+    mese_denoise: str = "mppca"
     site_column: str = "site"
     reference_seg: Path | None = None
     networks: tuple[str, ...] = ("unet2d",)

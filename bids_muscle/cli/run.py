@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--erode-mm", type=float, default=0.0, metavar="MM",
                      help="erode each muscle mask by this radius before averaging maps (keeps partial-volume fat out)")
 
+    qm = parser.add_argument_group("quantitative maps")
+    qm.add_argument("--mese-denoise", choices=["mppca", "none"], default="mppca",
+                    help="denoise the multi-echo spin echo before the EPG fits: local PCA with Marchenko-Pastur "
+                         "thresholding (mppca, default) or none")
+
     grp = parser.add_argument_group("group level")
     grp.add_argument("--site-column", default="site",
                      help="column of participants.tsv that names the acquisition site")
@@ -142,6 +147,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         plugin_settings=opts.plugin_settings,
         stop_on_first_crash=opts.stop_on_first_crash,
         sloppy=opts.sloppy,
+        mese_denoise=opts.mese_denoise,
         site_column=opts.site_column,
         reference_seg=opts.reference_seg.expanduser().resolve() if opts.reference_seg else None,
         networks=tuple(dict.fromkeys(opts.networks)) if opts.networks else ("unet2d",),

@@ -11,6 +11,7 @@ from bids_muscle.qmri import b1 as b1map
 from bids_muscle.qmri import dixon, mtr, se2echo
 from bids_muscle.qmri import t2 as t2fit
 from bids_muscle.qmri.bias import foreground_mask
+from bids_muscle.qmri.denoise import default_window, denoise_mppca
 
 
 class _FitMESEInputSpec(BaseInterfaceInputSpec):
@@ -20,6 +21,7 @@ class _FitMESEInputSpec(BaseInterfaceInputSpec):
     refocus_deg = traits.Float(180.0, usedefault=True, desc="nominal refocusing flip angle")
     repetition_time = traits.Either(None, traits.Float, usedefault=True, desc="TR in seconds")
     sloppy = traits.Bool(False, usedefault=True, desc="coarse dictionaries")
+    denoise = traits.Enum("mppca", "none", usedefault=True, desc="denoising of the echoes before the fits")
 
 
 class _FitMESEOutputSpec(TraitedSpec):
@@ -47,7 +49,16 @@ class FitMESE(SimpleInterface):
         common = {"refocus_deg": self.inputs.refocus_deg}
         single_grid = {"n_t2": 40, "n_b1": 15} if self.inputs.sloppy else {}
         wf_grid = {"n_t2": 24, "n_b1": 15} if self.inputs.sloppy else {}
+        denoising = {}
         try:
+            if self.inputs.denoise == "mppca":
+                window = default_window(echoes.shape[3])
+                echoes, components, _ = denoise_mppca(echoes, mask=mask, window=window)
+                kept = components[mask] if mask is not None else components
+                denoising = {"Denoising": {
+                    "Method": "local PCA with Marchenko-Pastur thresholding (Veraart et al. 2016)",
+                    "Window": f"{window}x{window} in-plane",
+                    "MedianComponentsKept": int(np.median(kept)) if kept.size else 0}}
             single = t2fit.fit_t2_single(echoes, te, mask=mask, **common, **single_grid)
             water_fat = t2fit.fit_t2_water_fat(echoes, te, mask=mask, tr_s=tr, **common, **wf_grid)
         except ValueError as err:
@@ -55,8 +66,10 @@ class FitMESE(SimpleInterface):
         for key, data in (("t2", single["t2_s"]), ("pd", single["pd"]), ("water_t2", water_fat["water_t2_s"]),
                           ("ff", water_fat["ff_percent"]), ("b1", water_fat["b1"])):
             self._results[key] = save_image(data.astype(np.float32), img.affine, f"mese_{key}.nii.gz", runtime.cwd)
-        self._results["single_metadata"] = t2fit.dictionary_description(te, model="single", **common, **single_grid)
-        self._results["water_fat_metadata"] = t2fit.dictionary_description(te, model="water_fat", tr_s=tr, **common, **wf_grid)
+        self._results["single_metadata"] = {
+            **t2fit.dictionary_description(te, model="single", **common, **single_grid), **denoising}
+        self._results["water_fat_metadata"] = {
+            **t2fit.dictionary_description(te, model="water_fat", tr_s=tr, **common, **wf_grid), **denoising}
         return runtime
 
 

@@ -196,8 +196,10 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     te_ms = ", ".join(f"{t * 1000:.1f}" for t in rin.mese.echo_times_s)
     workflow.__desc__ = (
         f"The multi-echo spin echo ({len(rin.mese.files)} echoes, TE {te_ms} ms, refocusing "
-        f"{rin.refocusing_flip_angle_deg:.0f} deg) was corrected with the N4 field of its first echo and "
-        "fitted voxel-wise by extended phase graph (EPG) dictionary matching: a single-component "
+        f"{rin.refocusing_flip_angle_deg:.0f} deg) was corrected with the N4 field of its first echo"
+        + (", denoised by local principal component analysis with Marchenko-Pastur thresholding "
+           "(Veraart et al. 2016; Does et al. 2019)" if config.mese_denoise == "mppca" else "")
+        + " and fitted voxel-wise by extended phase graph (EPG) dictionary matching: a single-component "
         "echo-modulation-curve fit (Ben-Eliezer et al. 2015; Amer et al. 2022) gave T2 and proton density, "
         "and a two-component water/fat model with fixed fat T2 and T1 (Marty et al. 2016) gave water T2, "
         "fat fraction and B1."
@@ -212,6 +214,7 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
             refocus_deg=rin.refocusing_flip_angle_deg or 180.0,
             repetition_time=rin.mese.metadata[0].get("RepetitionTime"),
             sloppy=config.sloppy,
+            denoise=config.mese_denoise,
         ),
         name="fit_mese",
         n_procs=config.omp_nthreads,
