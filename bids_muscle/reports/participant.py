@@ -134,6 +134,13 @@ def _warnings_from_table(table: pd.DataFrame, region: str) -> list[str]:
         odd = muscle_rows[(muscle_rows["water_t2_ms_mean"] < low) | (muscle_rows["water_t2_ms_mean"] > high_t2)]
         for _, r in odd.iterrows():
             warnings.append(f"{region}: {r.get('name', r.get('label'))} has water T2 {r['water_t2_ms_mean']:.1f} ms (outside 15-80 ms)")
+    if {"network", "voxel_count", "name"} <= set(muscle_rows.columns):
+        for name, rows in muscle_rows.groupby("name", sort=False):
+            found = sorted(rows.loc[rows["voxel_count"] > 0, "network"].astype(str))
+            missing = sorted(rows.loc[rows["voxel_count"] == 0, "network"].astype(str))
+            if missing:
+                where = f"found by {', '.join(found)} but " if found else ""
+                warnings.append(f"{region}: {name} {where}absent in {', '.join(missing)}")
     return warnings
 
 
