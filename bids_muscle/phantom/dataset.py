@@ -8,6 +8,7 @@ Layout::
     OUT/sub-01/anat/sub-01_acq-thigh_mt-{on,off}_MTR.nii.gz
     OUT/sub-01/anat/sub-01_acq-thigh_T1w.nii.gz
     OUT/derivatives/truth/sub-01/anat/sub-01_acq-thigh_<truth maps>
+    OUT/derivatives/truth/sub-01/anat/sub-01_acq-thigh_biomarkers.tsv (+ .json)
 
 The truth is named like the app's outputs so that outputs and truth can be
 matched by entities.
@@ -21,7 +22,9 @@ import numpy as np
 
 from bids_muscle import bids
 from bids_muscle.phantom import anatomy, signals
-from bids_muscle.seg.labels import dseg_tsv_text
+from bids_muscle.seg.labels import dseg_tsv_text, load_label_table
+from bids_muscle.seg.legs import voxel_sizes
+from bids_muscle.stats.biomarkers import column_descriptions, muscle_table
 
 SITES = ("siteA", "siteB")
 
@@ -111,6 +114,31 @@ def write_truth(truth_dir: Path, sub: str, truth: anatomy.RegionTruth) -> None:
         bids.write_derivative_image(truth_dir, entities, suffix, data.astype(dtype), truth.affine, src, meta)
     states = {str(k): v for k, v in truth.muscle_states.items()}
     bids.write_json_atomic(bids.derivative_path(truth_dir, ent, "muscles", ".json"), states)
+    table, descriptions = truth_biomarkers(truth)
+    sidecar = {"Sources": src, "Description": "per-muscle biomarkers of the true labels and maps", **descriptions}
+    bids.write_derivative_table(truth_dir, ent, "biomarkers", bids.tsv_text(table), sidecar)
+
+
+def truth_biomarkers(truth: anatomy.RegionTruth):
+    """Per-muscle table of the true labels, maps, IMAT and muscle region, and its column descriptions.
+
+    Columns are those of the app's ``_biomarkers.tsv``; the true fat
+    fraction is ``ff_percent`` (the app has one column per method,
+    ``ff_mese_percent`` and ``ff_dixon_percent``).
+    """
+    body = truth.tissue > 0
+    maps = {
+        "ff_percent": truth.ff_percent,
+        "water_t2_ms": np.where(body, truth.water_t2_s * 1000.0, np.nan),
+        "pd": truth.pd,
+        "b1": truth.b1,
+        "mtr_percent": truth.mtr_percent,
+    }
+    table = muscle_table(truth.labels, voxel_sizes(truth.affine), load_label_table(truth.region), maps,
+                         imat_mask=truth.imat, muscle_region_mask=truth.muscle_region)
+    descriptions = column_descriptions(maps)
+    descriptions["ff_percent_mean"] = {"Description": "mean true fat fraction", "Units": "%"}
+    return table, {k: v for k, v in descriptions.items() if k in table.columns}
 
 
 def _label_table_all() -> str:

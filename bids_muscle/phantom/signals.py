@@ -46,6 +46,7 @@ def mese_images(truth: RegionTruth, rng: np.random.Generator) -> tuple[np.ndarra
         b1=truth.b1[body],
         te_s=te_s,
         refocus_deg=p["refocusing_deg"],
+        tr_s=p["repetition_time_s"],  # water recovers less than fat at this TR, as in a real scan
     )
     clean *= SIGNAL_SCALE * truth.receive_bias[..., None]
     sigma = _noise_sigma(truth, clean[..., 0])
