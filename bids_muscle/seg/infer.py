@@ -315,6 +315,33 @@ def segment(
     }
 
 
+def muscle_region_mask(
+    image: np.ndarray,
+    affine: np.ndarray,
+    model: nn.Module,
+    card: ModelCard,
+    *,
+    batch_size: int = 8,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """Muscle region of both legs from a ``<region>_muscleregion`` model.
+
+    The muscle region is everything inside the fascia: the muscles and the
+    fat between and within them, not subcutaneous fat or bone (the region
+    the IMAT stage classifies). The model is a binary segmenter trained by
+    synthesis (its card's ``validation.output`` is ``muscleregion``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask on the grid of ``image``.
+    """
+    if card.validation.get("output") != "muscleregion" or card.n_classes != 2:
+        raise ValueError(f"model {card.name!r} is not a muscle-region model")
+    result = segment(image, affine, model, card, batch_size=batch_size, largest_component=False, num_threads=num_threads)
+    return result["dseg"] > 0
+
+
 def _predict_crop(
     model: nn.Module,
     card: ModelCard,

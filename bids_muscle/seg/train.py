@@ -823,3 +823,262 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {result.card_path} (validation Dice {result.best_val_dice:.4f})", flush=True)
     return 0
+
+
+def masked_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, smooth: float = 1e-5) -> torch.Tensor:
+    """:func:`dice_ce_loss` that ignores voxels whose target is negative
+    (tissue a synthesis source does not label, :data:`bids_muscle.seg.synth.IGNORE`)."""
+    valid = target >= 0
+    safe = target.clamp_min(0)
+    ce = F.cross_entropy(logits, target.masked_fill(~valid, -100), ignore_index=-100) if valid.any() else logits.sum() * 0.0
+    weight = valid.unsqueeze(1).to(logits.dtype)
+    probs = torch.softmax(logits, dim=1) * weight
+    one_hot = F.one_hot(safe, n_classes).movedim(-1, 1).to(probs.dtype) * weight
+    dims = (0,) + tuple(range(2, logits.ndim))
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)
+    return ce + (1.0 - dice[1:].mean()) if n_classes > 1 else ce
+
+
+def masked_validation_dice(
+    network: nn.Module, legs: Sequence[LegVolume], spatial_dims: int, n_classes: int, patch: Sequence[int] | None = None
+) -> float:
+    """Mean Dice over classes and validation legs; voxels with a negative
+    target are left out."""
+    scores = []
+    for leg in legs:
+        probs = predict_probabilities(network, leg.image, spatial_dims, batch_size=8, patch_size=patch if spatial_dims == 3 else None)
+        prediction = np.argmax(probs, axis=0)
+        truth = leg.classes.copy()
+        unknown = truth < 0
+        prediction[unknown] = 0
+        truth[unknown] = 0
+        scores.append(dice_per_class(prediction, truth, n_classes))
+    values = np.concatenate(scores) if scores else np.array([np.nan])
+    return float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+
+
+class SyntheticPool:
+    """A pool of synthetic training slices, partly redrawn every epoch so
+    synthesis costs a fraction of the training time while every batch still
+    comes from many different random images.
+
+    Legs are drawn by source group (``weights``), then a slice at random, then
+    a fresh random contrast (:func:`bids_muscle.seg.synth.synthesise_patch`).
+    ``target`` is ``"muscles"`` (classes) or ``"muscleregion"`` (1 inside the
+    fascia except bone, 0 elsewhere).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[Sequence[Any]],
+        weights: Sequence[float],
+        region: str,
+        label_indices: Sequence[int],
+        patch: tuple[int, int],
+        size: int,
+        rng: np.random.Generator,
+        settings: Any = None,
+        target: str = "muscles",
+    ) -> None:
+        from bids_muscle.seg import synth
+
+        self._synth = synth
+        self.groups = [list(g) for g in groups if len(g)]
+        weights = np.array([w for g, w in zip(groups, weights) if len(g)], dtype=float)
+        self.weights = weights / weights.sum()
+        self.region = region
+        self.label_indices = list(label_indices)
+        self.patch = patch
+        self.rng = rng
+        self.settings = settings
+        self.target = target
+        self.images = torch.zeros((size, 1) + tuple(patch))
+        self.classes = torch.zeros((size,) + tuple(patch), dtype=torch.long)
+        self.redraw(np.arange(size))
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        group = self.groups[int(self.rng.choice(len(self.groups), p=self.weights))]
+        leg = group[int(self.rng.integers(len(group)))]
+        z = int(self.rng.integers(leg.classes.shape[2]))
+        sample = self._synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
+        if self.target == "muscleregion":
+            return sample.image, sample.muscle_region.astype(np.int64)
+        return sample.image, sample.classes
+
+    def redraw(self, indices: np.ndarray) -> None:
+        for i in indices:
+            image, classes = self.draw()
+            self.images[i, 0] = torch.from_numpy(image)
+            self.classes[i] = torch.from_numpy(classes)
+
+    def refresh(self, fraction: float) -> None:
+        n = round(fraction * len(self.images))
+        if n:
+            self.redraw(self.rng.choice(len(self.images), size=n, replace=False))
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randint(len(self.images), (size,), generator=generator)
+        return self.images[pick].clone(), self.classes[pick].clone()
+
+
+def train_synthetic_model(
+    anatomy_groups: Sequence[Sequence[Any]],
+    region: str,
+    architecture: str,
+    out_dir: str | Path,
+    *,
+    label_indices: Sequence[int],
+    val_legs: Sequence[LegVolume],
+    group_weights: Sequence[float] | None = None,
+    name: str | None = None,
+    arguments: dict[str, Any] | None = None,
+    voxel_size_mm: Sequence[float] = (2.0, 2.0),
+    patch_size: Sequence[int] = (128, 128),
+    target: str = "muscles",
+    pool_size: int = 1536,
+    refresh_fraction: float = 0.25,
+    epochs: int = 100,
+    steps_per_epoch: int = 50,
+    batch_size: int = 16,
+    learning_rate: float = 2e-3,
+    weight_decay: float = 1e-5,
+    seed: int = 0,
+    patience: int = 12,
+    augmentation: Augmentation | None = None,
+    settings: Any = None,
+    init_from: str | Path | None = None,
+    model_dir: str | Path | None = None,
+    training_data: list[dict[str, Any]] | None = None,
+    licence: str = "",
+    description: str = "",
+    time_limit_s: float | None = None,
+    num_threads: int | None = None,
+    progress: Progress | None = None,
+) -> TrainingResult:
+    """Train a 2D segmenter on images synthesised from label maps.
+
+    Parameters
+    ----------
+    anatomy_groups : sequence of sequences of LegAnatomy
+        Canonical legs (:func:`bids_muscle.seg.synth.leg_anatomies`) grouped
+        by source; a group is drawn with its ``group_weights`` share.
+    region, architecture, out_dir
+        As in :func:`train_model` (2D architectures only).
+    label_indices : sequence of int
+        Right-side indices in class order. For ``target="muscleregion"`` the
+        single class 1 is the muscle region and the card lists the region's
+        first muscle index as a placeholder label (see its description).
+    val_legs : sequence of LegVolume
+        Validation legs on the model grid (negative classes are ignored).
+    voxel_size_mm : sequence of float
+        In-plane model voxel size of the anatomies.
+    patch_size : sequence of int
+        Training slice size (H, W).
+    target : str
+        ``muscles`` or ``muscleregion``.
+    pool_size, refresh_fraction
+        Synthetic slices kept in memory and the share redrawn every epoch.
+    settings : SynthesisSettings, optional
+        Synthesis ranges.
+    init_from : str or Path, optional
+        Model (card path or name, looked up in ``model_dir`` then the
+        package) whose matching weights start the training: continue a
+        training, or start a calf model from the thigh one (the output layer
+        is re-initialised when the label sets differ).
+
+    Other parameters are those of :func:`train_model`.
+    """
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    if architecture not in SEGMENTATION_NETWORKS or SPATIAL_DIMS[architecture] != 2:
+        raise ValueError(f"synthetic training supports the 2D networks, not {architecture!r}")
+    if target not in ("muscles", "muscleregion"):
+        raise ValueError(f"target must be 'muscles' or 'muscleregion', got {target!r}")
+    label_indices = [int(i) for i in label_indices]
+    card_labels = label_indices if target == "muscles" else label_indices[:1]
+    n_classes = len(card_labels) + 1
+    arguments = {**(arguments or {}), "in_channels": 1, "n_classes": n_classes}
+    card = ModelCard(
+        name=name or f"{region}_{architecture}",
+        architecture=architecture,
+        arguments=arguments,
+        region=region,
+        labels=card_labels,
+        input_contrast="any",
+        voxel_size_mm=[float(voxel_size_mm[0]), float(voxel_size_mm[1]), None],
+        training_data=list(training_data or []),
+        licence=licence,
+        description=description,
+    )
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    network = build_network(architecture, **arguments)
+    if init_from is not None:
+        init_network, init_card = load_model(init_from, model_dir)
+        if init_card.architecture != architecture:
+            raise ValueError(f"init_from model {init_card.name!r} is a {init_card.architecture!r}, not {architecture!r}")
+        _load_matching(network, init_network.state_dict())
+    weights = list(group_weights) if group_weights is not None else [1.0] * len(anatomy_groups)
+    start = time.monotonic()
+    pool = SyntheticPool(anatomy_groups, weights, region, label_indices, tuple(int(p) for p in patch_size), pool_size, rng, settings, target)
+    synthesis_s = time.monotonic() - start
+    augmentation = augmentation or Augmentation()
+    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=4)
+    history: list[dict[str, Any]] = []
+    best_dice, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), 0
+    stopped_early = False
+    with torch_threads(num_threads):
+        for epoch in range(1, epochs + 1):
+            if epoch > 1:
+                refresh_start = time.monotonic()
+                pool.refresh(refresh_fraction)
+                synthesis_s += time.monotonic() - refresh_start
+            network.train()
+            losses = []
+            for _ in range(steps_per_epoch):
+                x, y = pool.batch(batch_size, generator)
+                if augmentation.enabled:
+                    x, y = augment_batch(x, y, augmentation, generator)
+                loss = masked_dice_ce_loss(network(x), y, n_classes)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            network.eval()
+            val_dice = masked_validation_dice(network, val_legs, 2, n_classes)
+            scheduler.step(val_dice)
+            if val_dice > best_dice:
+                best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
+            record = {
+                "epoch": epoch,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "val_dice": val_dice,
+                "best_val_dice": best_dice,
+                "learning_rate": optimiser.param_groups[0]["lr"],
+                "elapsed_s": time.monotonic() - start,
+                "synthesis_s": synthesis_s,
+            }
+            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
+            if stop:
+                break
+    network.load_state_dict(best_state)
+    network.eval()
+    card.validation = {
+        "metric": "mean Dice over classes (model grid, canonical leg)" if target == "muscles" else "Dice of the muscle region",
+        "val_dice": round(best_dice, 4),
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "n_val_legs": len(val_legs),
+        "seed": seed,
+        "trained_by": "synthesis from label maps (bids_muscle.seg.synth)",
+        "init_from": None if init_from is None else Path(str(init_from)).stem,
+        "output": target,
+        "synthesis_s": round(synthesis_s, 1),
+        "training_s": round(time.monotonic() - start, 1),
+    }
+    card_path = save_model(network, card, out_dir)
+    return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)

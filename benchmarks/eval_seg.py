@@ -1,0 +1,322 @@
+"""Evaluate the synthesis-trained segmentation models (docs/validation.md).
+
+Every test image goes through :func:`bids_muscle.seg.infer.segment`, as in
+the app:
+
+* ``thigh``: synthetic test volumes from the 5 held-out Huashan label maps
+  (never used for training or early stopping), 1 mm in-plane, in 5
+  contrasts (T1w-, water-, fat-, T2- and STIR-like). Voxels the Huashan maps
+  do not label (adductor longus and brevis, inside the fascia) are left out
+  of the scores, and so are those two muscles.
+* ``calf``: leave-one-leg-out on the real QMRITools calf images (DTI b0,
+  first MESE echo, Dixon water): a model trained with one leg's labels
+  segments the other leg.
+* ``real``: real thighs without labels (Dixon in-phase echo, first MESE
+  echo, MT-off): overlay montages in docs/figures and left/right volumes.
+* ``phantom``: 4 phantom participants (seeds ``[2000, k]``), T1w.
+
+Usage::
+
+    python benchmarks/eval_seg.py --models MODEL_DIR [--tasks thigh calf real phantom] [--calf-lolo DIR]
+        [--networks unet2d hrnet] [--figures docs/figures] [--out results_dir]
+
+Prints per-muscle tables (Dice, HD95, ASSD, absence) and summary lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_synth_models as sources
+
+from bids_muscle.phantom import anatomy, signals
+from bids_muscle.seg import synth
+from bids_muscle.seg.infer import resample_labels, segment
+from bids_muscle.seg.labels import load_label_table
+from bids_muscle.seg.legs import voxel_sizes
+from bids_muscle.seg.zoo import load_model
+from bids_muscle.stats.agreement import compare_segmentations
+
+THIGH_TEST_CONTRASTS = ("t1w", "water", "fat", "t2", "stir")
+
+
+def _scores(dseg: np.ndarray, truth: np.ndarray, labels, spacing, ignore: np.ndarray | None = None) -> pd.DataFrame:
+    dseg = dseg.astype(np.int32).copy()
+    if ignore is not None:
+        dseg[ignore] = 0
+    table = compare_segmentations(dseg, truth.astype(np.int32), labels, spacing)
+    return table[table["present_b"]]
+
+
+def thigh_synthetic(model_name: str, model_dir: Path) -> pd.DataFrame:
+    model, card = load_model(model_name, model_dir)
+    table = {lab.index: lab for lab in load_label_table("thigh")}
+    labels = [i for i in card.labels]
+    rows = []
+    for name, label_map, affine in sources.huashan_maps(sources.HUASHAN_TEST):
+        legs = synth.leg_anatomies(label_map, affine, "thigh", sources.HUASHAN_CODES, voxel_size_mm=(1.0, 1.0),
+                                   complete=False, source=name)
+        for k, leg in enumerate(legs):
+            for c, family in enumerate(THIGH_TEST_CONTRASTS):
+                rng = np.random.default_rng([5000, sum(map(ord, name)), k, c])
+                image, classes = synth.synthesise_volume(leg, "thigh", labels, rng, family=family)
+                leg_affine = np.diag([1.0, 1.0, leg.voxel_mm[2], 1.0])
+                leg_affine[0, 3] = 20.0  # a right leg: centred right of the midline
+                t0 = time.monotonic()
+                dseg = segment(image, leg_affine, model, card, num_threads=2)["dseg"]
+                seconds = time.monotonic() - t0
+                truth = np.where(classes > 0, np.asarray([0] + labels)[np.clip(classes, 0, None)], 0)
+                scores = _scores(dseg, truth, [table[i] for i in labels], voxel_sizes(leg_affine), classes < 0)
+                scores = scores.assign(map=name, leg=k, contrast=family, seconds=seconds)
+                rows.append(scores)
+    return pd.concat(rows, ignore_index=True)
+
+
+def _calf_images() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Real calf images and their affines (all in the DTI convention)."""
+    folder = sources.DATA / "calf_mese_philips"
+    dti = nib.load(str(folder / "DTIdata.nii.gz"))
+    b0 = np.asarray(dti.dataobj)[..., 0].astype(np.float32)
+    t2 = nib.load(str(folder / "T2data.nii.gz"))
+    stack = np.asarray(t2.dataobj).astype(np.float32)
+    flat = stack.reshape(stack.shape[:2] + (-1,), order="F")
+    echo1 = flat[..., 0:221:17]
+    water = np.asarray(nib.load(str(folder / "water.nii.gz")).dataobj).astype(np.float32)
+    # the Dixon file's affine is a default one: its field of view is the DTI
+    # one (480 mm) at half the voxel size; 23 of the 25 DTI slice positions,
+    # centred (a +-1 slice shift changes the image correlation by < 0.1 %)
+    water_affine = dti.affine @ np.diag([0.5, 0.5, 1.0, 1.0])
+    water_affine[:3, 3] = dti.affine[:3, :3] @ np.array([-0.25, -0.25, 1.0]) + dti.affine[:3, 3]
+    return {"dti_b0": (b0, dti.affine), "mese_echo1": (echo1, t2.affine), "dixon_water": (water, water_affine)}
+
+
+def calf_lolo(model_dir: Path, network: str = "unet2d") -> pd.DataFrame:
+    """Leave-one-leg-out: models ``calf_<network>_lolo_odd`` / ``_even`` in
+    ``model_dir`` were trained on the odd (left) / even (right) labels and are
+    tested on the other leg."""
+    codes, dti_affine = sources.calf_labels()
+    table = {lab.index: lab for lab in load_label_table("calf")}
+    images = _calf_images()
+    rows = []
+    for trained, tested, side_offset in (("odd", "even", 0), ("even", "odd", 20)):
+        model, card = load_model(f"calf_{network}_lolo_{trained}", model_dir)
+        keep = (codes % 2 == 0) if tested == "even" else (codes % 2 == 1)
+        truth = np.zeros(codes.shape, np.int16)
+        for code, index in sources.QMRI_CALF.items():
+            truth[keep & (codes == code)] = index + side_offset
+        labels = sorted({index + side_offset for index in sources.QMRI_CALF.values()})
+        for contrast, (image, affine) in images.items():
+            truth_grid = resample_labels(truth, dti_affine, image.shape, affine)
+            t0 = time.monotonic()
+            dseg = segment(image, affine, model, card, num_threads=2)["dseg"]
+            seconds = time.monotonic() - t0
+            other_leg = np.isin(dseg, [i + (20 - side_offset) for i in table if table[i].side == "right"])
+            dseg = np.where(other_leg, 0, dseg)
+            scores = _scores(dseg, truth_grid, [table[i] for i in labels], voxel_sizes(affine))
+            rows.append(scores.assign(trained=trained, tested=tested, contrast=contrast, seconds=seconds))
+    return pd.concat(rows, ignore_index=True)
+
+
+def _mese_dicom() -> tuple[np.ndarray, np.ndarray]:
+    from bids_muscle.dicom2bids import load_volume, scan_folder
+
+    frames, _ = scan_folder(sources.DATA / "thigh_mese_siemens_dicom")
+    first = min(f.echo_time_ms for f in frames if f.echo_time_ms is not None)
+    image, affine = load_volume([f for f in frames if f.echo_time_ms == first and f.part == "mag"])
+    return image.astype(np.float32), affine
+
+
+def real_thighs(model_name: str, model_dir: Path, figures: Path | None) -> pd.DataFrame:
+    model, card = load_model(model_name, model_dir)
+    table = load_label_table("thigh")
+    cases = {}
+    dixon = nib.load(str(sources.DATA / "thigh_dixon_siemens" / "0008-Dixon_TE_460_th.nii.gz"))
+    cases["thigh_dixon_siemens (in-phase 4.60 ms)"] = (np.asarray(dixon.dataobj).astype(np.float32), dixon.affine)
+    cases["thigh_mese_siemens_dicom (echo 1)"] = _mese_dicom()
+    mt = nib.load(str(sources.DATA / "thigh_mt" / "mt_off.nii.gz"))
+    cases["thigh_mt (MT off)"] = (np.asarray(mt.dataobj).astype(np.float32), mt.affine)
+    rows = []
+    for name, (image, affine) in cases.items():
+        if image.ndim == 4:
+            image = image[..., 0]
+        t0 = time.monotonic()
+        dseg = segment(image, affine, model, card, num_threads=2)["dseg"]
+        seconds = time.monotonic() - t0
+        voxel_ml = float(np.prod(voxel_sizes(affine))) / 1000.0
+        for lab in table:
+            if lab.side != "right" or lab.index not in card.labels:
+                continue
+            right = np.count_nonzero(dseg == lab.index) * voxel_ml
+            left = np.count_nonzero(dseg == lab.index + 20) * voxel_ml
+            rows.append({"image": name, "muscle": lab.muscle, "abbreviation": lab.abbreviation.rsplit("_", 1)[0],
+                         "right_ml": right, "left_ml": left, "seconds": seconds})
+        if figures is not None:
+            _montage(image, affine, dseg, figures / f"seg_{name.split(' ')[0]}_{model_name}.png", name)
+    return pd.DataFrame(rows)
+
+
+def _montage(image: np.ndarray, affine: np.ndarray, dseg: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bids_muscle.seg.legs import reorient_to_ras
+
+    image_ras, _, _ = reorient_to_ras(image, affine)
+    dseg_ras, _, _ = reorient_to_ras(dseg, affine)
+    nz = image_ras.shape[2]
+    picks = np.unique(np.linspace(0.2 * (nz - 1), 0.8 * (nz - 1), 3).round().astype(int))
+    colours = {lab.index: lab.color for lab in load_label_table("thigh")}
+    lut = np.zeros((max(colours) + 1, 4))
+    for index, colour in colours.items():
+        lut[index] = matplotlib.colors.to_rgba(colour, 0.45)
+    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 3.2))
+    for ax, z in zip(np.atleast_1d(axes), picks):
+        ax.imshow(image_ras[..., z].T, origin="lower", cmap="gray", vmax=np.percentile(image_ras, 99.5))
+        ax.imshow(lut[np.clip(dseg_ras[..., z], 0, len(lut) - 1)].transpose(1, 0, 2), origin="lower")
+        ax.set_title(f"slice {z}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{title}: subject's right on the right of each panel (RAS)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def phantom(model_name: str, model_dir: Path, region: str) -> pd.DataFrame:
+    model, card = load_model(model_name, model_dir)
+    table = load_label_table(region)
+    rows = []
+    for k in range(4):
+        rng = np.random.default_rng([2000, k])
+        truth = anatomy.draw_region(region, rng)
+        dseg = segment(signals.t1w_image(truth, rng), truth.affine, model, card, num_threads=2)["dseg"]
+        rows.append(_scores(dseg, truth.labels, table, voxel_sizes(truth.affine)).assign(participant=k))
+    return pd.concat(rows, ignore_index=True)
+
+
+def muscle_region_phantom(model_dir: Path) -> pd.DataFrame:
+    """Dice of the muscle-region models against the phantom's truth
+    (muscles and the fat between them), T1w of 4 participants."""
+    from bids_muscle.seg.infer import muscle_region_mask
+
+    rows = []
+    for region in ("thigh", "calf"):
+        model, card = load_model(f"{region}_muscleregion", model_dir)
+        for k in range(4):
+            rng = np.random.default_rng([2000, k])
+            truth = anatomy.draw_region(region, rng)
+            mask = muscle_region_mask(signals.t1w_image(truth, rng), truth.affine, model, card, num_threads=2)
+            reference = truth.muscle_region
+            dice = 2 * np.count_nonzero(mask & reference) / (np.count_nonzero(mask) + np.count_nonzero(reference))
+            rows.append({"region": region, "participant": k, "dice": dice})
+    return pd.DataFrame(rows)
+
+
+def region_classifier_real(model_dir: Path) -> pd.DataFrame:
+    """Thigh or calf on every real image of ../shared/data with a known region."""
+    from bids_muscle.seg.infer import classify_region
+
+    model, card = load_model("region_classifier", model_dir)
+    images = {}
+    for name, path in (("thigh_dixon_siemens", "thigh_dixon_siemens/0008-Dixon_TE_460_th.nii.gz"),
+                       ("thigh_mt", "thigh_mt/mt_off.nii.gz"),
+                       ("thigh_t2_se2echo", "thigh_t2_se2echo/t2_te16ms.nii.gz"),
+                       ("thigh_b1_dam", "thigh_b1_dam/se_fa060.nii.gz"),
+                       ("calf_dixon3d_siemens", "calf_dixon3d_siemens/0028-dix3d_TR23_448m_fa05_460.nii.gz")):
+        image = nib.load(str(sources.DATA / path))
+        data = np.asarray(image.dataobj).astype(np.float32)
+        images[name] = (data[..., 0] if data.ndim == 4 else data, image.affine)
+    images["thigh_mese_siemens_dicom"] = _mese_dicom()
+    for name, value in _calf_images().items():
+        images[f"calf_mese_philips {name}"] = value
+    rows = []
+    for name, (image, affine) in images.items():
+        predicted, probabilities = classify_region(image, affine, model, card, num_threads=2)
+        truth = "calf" if name.startswith("calf") else "thigh"
+        rows.append({"image": name, "truth": truth, "predicted": predicted, "confidence": probabilities[predicted]})
+    return pd.DataFrame(rows)
+
+
+def summary(table: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
+    grouped = table.groupby(by) if by else table.assign(all="all").groupby("all")
+    return grouped.agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "median"), assd_mm=("assd_mm", "mean"),
+                       absence_rate=("absent", "mean"), n=("dice", "size")).round(3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, required=True, help="folder of the models under test")
+    parser.add_argument("--calf-lolo", type=Path, help="folder of calf_<net>_lolo_{odd,even} models (default --models)")
+    parser.add_argument("--tasks", nargs="+", default=["thigh", "calf", "real", "phantom"])
+    parser.add_argument("--networks", nargs="+", default=["unet2d"])
+    parser.add_argument("--figures", type=Path, help="folder for the real-thigh montages")
+    parser.add_argument("--out", type=Path, help="folder for the per-muscle TSV tables")
+    args = parser.parse_args()
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_rows", 200)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+
+    def save(table: pd.DataFrame, name: str) -> None:
+        if args.out:
+            table.to_csv(args.out / f"{name}.tsv", sep="\t", index=False, float_format="%.4f")
+
+    for network in args.networks:
+        if "thigh" in args.tasks:
+            result = thigh_synthetic(f"thigh_{network}", args.models)
+            save(result, f"thigh_synthetic_{network}")
+            print(f"\n## thigh_{network}: held-out Huashan maps, synthetic contrasts")
+            print(summary(result, ["contrast"]).to_string())
+            print(summary(result).to_string())
+            print(summary(result, ["abbreviation"]).to_string())
+            print(f"inference: {result.groupby(['map', 'leg', 'contrast'])['seconds'].first().max():.1f} s per leg volume at most")
+        if "calf" in args.tasks:
+            result = calf_lolo(args.calf_lolo or args.models, network)
+            save(result, f"calf_lolo_{network}")
+            print(f"\n## calf_{network}: leave-one-leg-out on real images")
+            print(summary(result, ["contrast"]).to_string())
+            print(summary(result, ["trained", "contrast"]).to_string())
+            print(summary(result).to_string())
+            result["muscle"] = result["abbreviation"].str.rsplit("_", n=1).str[0]
+            print(summary(result, ["muscle"]).to_string())
+        if "real" in args.tasks:
+            result = real_thighs(f"thigh_{network}", args.models, args.figures)
+            save(result, f"real_thighs_{network}")
+            result["diff_percent"] = 200 * (result["right_ml"] - result["left_ml"]) / (result["right_ml"] + result["left_ml"])
+            print(f"\n## thigh_{network}: real thighs, volumes per side")
+            print(result.round(1).to_string())
+            totals = result.groupby("image")[["right_ml", "left_ml"]].sum()
+            totals["diff_percent"] = 200 * (totals["right_ml"] - totals["left_ml"]) / (totals["right_ml"] + totals["left_ml"])
+            print(totals.round(1).to_string())
+        if "muscleregion" in args.tasks:
+            result = muscle_region_phantom(args.models)
+            save(result, "muscleregion_phantom")
+            print("\n## muscle region models: phantom T1w, Dice with the truth region")
+            print(result.groupby("region")["dice"].agg(["mean", "min"]).round(3).to_string())
+        if "classifier" in args.tasks:
+            result = region_classifier_real(args.models)
+            save(result, "region_classifier_real")
+            print("\n## region classifier on real images")
+            print(result.round(3).to_string())
+            print(f"accuracy {np.mean(result['truth'] == result['predicted']):.3f} on {len(result)} images")
+        if "phantom" in args.tasks:
+            for region in ("thigh", "calf"):
+                result = phantom(f"{region}_{network}", args.models, region)
+                save(result, f"phantom_{region}_{network}")
+                print(f"\n## {region}_{network}: phantom T1w, 4 participants")
+                print(summary(result).to_string())
+
+
+if __name__ == "__main__":
+    main()
