@@ -210,7 +210,7 @@ def split_legs(
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     if not mask.any():
         return []
-    split = _find_split(mask, axis)
+    split = _find_split(mask, axis, stack_axis)
     n = image.shape[axis]
     halves = [(0, n)] if split is None else [(0, split), (split, n)]
     margins = np.ceil(margin_mm / voxel_sizes(affine)).astype(int)
@@ -244,11 +244,23 @@ def split_legs(
     return sorted(crops, key=lambda c: c.side != "right")
 
 
-def _find_split(mask: np.ndarray, axis: int) -> int | None:
+def _find_split(mask: np.ndarray, axis: int, stack_axis: int) -> int | None:
     """Index along ``axis`` where the volume is cut between the two legs, or
-    None when only one leg is present."""
+    None when only one leg is present.
+
+    The left-right profile is the median over slices of each slice's
+    profile, so that proximal slices where the thighs touch (or the
+    perineum joins them) do not fill the valley between the legs.
+    """
     others = tuple(a for a in range(3) if a != axis)
-    profile = mask.sum(axis=others).astype(np.float64)
+    ap_axis = next(a for a in others if a != stack_axis)
+    per_slice = mask.sum(axis=ap_axis).astype(np.float64)
+    if axis > stack_axis:
+        per_slice = per_slice.T
+    occupied = per_slice.sum(axis=0) > 0
+    profile = np.median(per_slice[:, occupied], axis=1)
+    if not profile.any():  # the body moves across slices: fall back to the total
+        profile = per_slice.sum(axis=1)
     labelled, n = ndimage.label(mask)
     if n >= 2:
         sizes = np.bincount(labelled.ravel())[1:]

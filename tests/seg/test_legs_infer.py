@@ -120,6 +120,21 @@ def test_touching_legs_are_split_at_the_narrowest_contact():
     np.testing.assert_array_equal(merge_legs(labels.shape, crops, canonical, "thigh"), labels)
 
 
+def test_legs_joined_in_the_proximal_slices_are_still_split():
+    """Thighs that merge into one blob near the perineum in a few slices (thigh_mese_siemens_dicom)."""
+    affine, shape = GRIDS["ras"]
+    affine = centred(affine, shape)
+    image, labels = synthetic_legs(shape, affine, np.random.default_rng(3))
+    bridge = np.zeros(shape, bool)
+    bridge[40:140, 20:60, 4:] = True  # the last 2 of 6 slices are one wide blob
+    mask = body_mask(image, slice_axis=2) | bridge
+    assert ndimage.label(mask)[1] == 1
+    crops = split_legs(image, affine, mask=mask)
+    assert [c.side for c in crops] == ["right", "left"]
+    canonical = [canonical_labels(c.extract(labels), "thigh") for c in crops]
+    np.testing.assert_array_equal(merge_legs(labels.shape, crops, canonical, "thigh"), labels)
+
+
 def test_mirrored_left_leg_looks_like_right_leg():
     affine, shape = GRIDS["radiological_las"]
     affine = centred(affine, shape)
