@@ -50,6 +50,7 @@ class Config:
     networks_requested: bool = False
     model_dir: str | None = None
     erode_mm: float = 0.0
+    imat_method: str = "dcae"
     write_probseg: bool = False
     command: str = ""
 

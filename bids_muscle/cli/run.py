@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder with extra or replacement models (<name>.pt + <name>.json cards)")
     seg.add_argument("--write-probseg", action="store_true",
                      help="also write per-label probabilities (desc-<net>_probseg, 4D; large files)")
+    seg.add_argument("--imat-method", choices=["dcae", "dcae-kmeans", "kmeans", "threshold"], default="dcae",
+                     help="IMAT classification inside the muscle region: patch autoencoder with triplet loss + k-means "
+                          "(dcae, default), autoencoder without triplet loss + k-means, k-means on the maps, or fat "
+                          "fraction above 50 %% (threshold; also used when no multi-echo spin echo is present)")
     seg.add_argument("--erode-mm", type=float, default=0.0, metavar="MM",
                      help="erode each muscle mask by this radius before averaging maps (keeps partial-volume fat out)")
 
@@ -154,6 +158,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         networks_requested=bool(opts.networks),
         model_dir=str(opts.model_dir.expanduser().resolve()) if opts.model_dir else None,
         erode_mm=opts.erode_mm,
+        imat_method=opts.imat_method,
         write_probseg=opts.write_probseg,
         command=command,
     )

@@ -17,6 +17,16 @@ from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
 
 MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
+IMAT_DESCRIPTIONS = {
+    "dcae": "classified by clustering (k-means, two classes) the embeddings of 16x16 patches of the water T2 and "
+            "fat-fraction maps from a convolutional autoencoder trained with a triplet loss on weak labels "
+            "(fat fraction above 50 %), clusters named by their majority weak label; without multi-echo spin "
+            "echo maps, its voxels with fat fraction above 50 %",
+    "dcae-kmeans": "classified by k-means on the embeddings of a convolutional autoencoder trained without the "
+                   "triplet loss",
+    "kmeans": "classified by k-means (two classes) on the quantitative map values",
+    "threshold": "its voxels with fat fraction above 50 %",
+}
 
 
 def _node_name(*parts: str | None) -> str:
@@ -389,8 +399,8 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
         f"Individual muscles were segmented on the anatomical reference with {', '.join(networks)} "
         "after splitting and mirroring the legs (Rohm et al. 2021; Agosti et al. 2021). The muscle region "
         "(muscles and the fat between them, without bone or subcutaneous fat) was the union of the muscle "
-        "labels closed in-plane, intramuscular adipose tissue (IMAT) its voxels with fat fraction above 50 % "
-        "(Amer et al. 2022), and per-muscle biomarkers were the statistics of each map inside each label "
+        f"labels closed in-plane, and intramuscular adipose tissue (IMAT) was {IMAT_DESCRIPTIONS[config.imat_method]} "
+        "(Amer et al. 2022). Per-muscle biomarkers were the statistics of each map inside each label "
         "(Hostin et al. 2023)."
     )
     map_fields = [f"mese_{m}" for m in MESE_MAPS] + ["ff_dixon", "r2star", "mtr"]
@@ -423,12 +433,15 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
                                               (("probseg_labels", _labels_metadata), "metadata")])])
             written.append((ds_prob, "out_file"))
 
-    region = pe.Node(MuscleRegionIMAT(), name="muscle_region")
+    region = pe.Node(MuscleRegionIMAT(imat_method=config.imat_method, region=rin.region, model_dir=config.model_dir,
+                                      num_threads=config.omp_nthreads), name="muscle_region", n_procs=config.omp_nthreads)
     ds_region = _sink(config, "ds_muscleregion", {**ent, "desc": "muscleregion"}, "mask", sources,
                       {"Description": DESCRIPTIONS["muscleregion"], "Network": networks[0]}, dtype="uint8")
     workflow.connect([
+        (inputnode, region, [("reference", "reference")]),
         (merge_dseg, region, [(("out", _first), "dseg")]),
-        (region, ds_region, [("muscle_region", "in_file")]),
+        (region, ds_region, [("muscle_region", "in_file"),
+                             (("region_metadata", _merged_metadata, ds_region.inputs.metadata), "metadata")]),
     ])
     written.append((ds_region, "out_file"))
     biomarkers = pe.Node(
@@ -450,17 +463,30 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     if rin.mt_on is not None:
         workflow.connect(inputnode, "mtr", biomarkers, "mtr")
     ff_sources = _ff_sources(rin)
+    has_mese_maps = rin.mese is not None and len(rin.mese.files) >= 3
     if ff_sources:
         ds_imat = _sink(config, "ds_imat", {**ent, "desc": "imat"}, "mask", sources + ff_sources,
-                        {"Description": DESCRIPTIONS["imat"], "Method": "threshold", "FatFractionCut_percent": 50.0},
-                        dtype="uint8")
+                        {"Description": DESCRIPTIONS["imat"]}, dtype="uint8")
         workflow.connect([
             (inputnode, region, [("ff", "ff_map")]),
-            (region, ds_imat, [("imat_mask", "in_file")]),
+            (region, ds_imat, [("imat_mask", "in_file"), (("imat_metadata", _merged_metadata, ds_imat.inputs.metadata),
+                                                          "metadata")]),
             (ds_imat, biomarkers, [("out_file", "imat_mask")]),
         ])
         written.append((ds_imat, "out_file"))
-    if rin.mese is not None and len(rin.mese.files) >= 3:
+        if has_mese_maps:
+            workflow.connect(inputnode, "mese_water_t2", region, "water_t2")
+            workflow.connect(inputnode, "mese_t2", region, "t2")
+            workflow.connect(inputnode, "mese_pd", region, "pd")
+            if config.imat_method != "threshold":
+                ds_imat_prob = _sink(config, "ds_imat_probseg", {**ent, "desc": "imat"}, "probseg", sources + ff_sources,
+                                     {"Description": "probability that a muscle-region voxel is IMAT (soft k-means "
+                                                     "assignment; 0 outside the region)", "Units": "arbitrary"})
+                workflow.connect([(region, ds_imat_prob, [("imat_probability", "in_file"),
+                                                          (("imat_metadata", _merged_metadata, ds_imat_prob.inputs.metadata),
+                                                           "metadata")])])
+                written.append((ds_imat_prob, "out_file"))
+    if has_mese_maps:
         workflow.connect([(inputnode, biomarkers, [("mese_t2", "t2"), ("mese_pd", "pd"), ("mese_water_t2", "water_t2"),
                                                    ("mese_ff", "ff_mese"), ("mese_b1", "b1")])])
     written += [(biomarkers, "out_table"), (biomarkers, "out_slices")]

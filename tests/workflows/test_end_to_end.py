@@ -86,6 +86,19 @@ def test_muscle_table_matches_the_truth_table(derivatives, phantom_bids):
             assert np.nanmedian(t2_error) <= 1.0, (sub, region, t2_error.describe())
 
 
+def test_imat_by_the_patch_autoencoder(derivatives, phantom_bids):
+    for region in ("thigh", "calf"):
+        stem = f"sub-01/anat/sub-01_acq-{region}_desc-imat"
+        meta = json.loads((derivatives / f"{stem}_mask.json").read_text())
+        assert meta["Method"] == "dcae" and meta["Encoder"] == "imat_dcae"
+        imat = np.asarray(nb.load(derivatives / f"{stem}_mask.nii.gz").dataobj) > 0
+        truth = np.asarray(nb.load(phantom_bids / "derivatives/truth" / f"{stem}_mask.nii.gz").dataobj) > 0
+        assert 2 * np.sum(imat & truth) / (imat.sum() + truth.sum()) > 0.85
+        probability = np.asarray(nb.load(derivatives / f"{stem}_probseg.nii.gz").dataobj)
+        assert probability.min() >= 0 and probability.max() <= 1
+        assert np.median(probability[imat]) > 0.5 > np.median(probability[~imat & (probability > 0)])
+
+
 def test_segmentation_tables_and_reports(derivatives, phantom_bids):
     for sub in ("01", "02"):
         html = (derivatives / f"sub-{sub}.html").read_text()

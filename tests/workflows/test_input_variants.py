@@ -71,6 +71,16 @@ def test_scanner_water_fat_images_give_the_fat_fraction(variant_run):
     assert np.nanmedian(np.abs(ff[muscle] - ff_true[muscle])) < 0.5
 
 
+def test_imat_falls_back_to_the_threshold_without_mese_maps(variant_run):
+    out, truth = variant_run
+    meta = json.loads((out / "sub-01_acq-calf_desc-imat_mask.json").read_text())
+    assert meta["Method"] == "threshold" and meta["RequestedMethod"] == "dcae"
+    assert not (out / "sub-01_acq-calf_desc-imat_probseg.nii.gz").exists()
+    imat = _load(out / "sub-01_acq-calf_desc-imat_mask.nii.gz") > 0
+    imat_true = _load(truth / "sub-01_acq-calf_desc-imat_mask.nii.gz") > 0
+    assert 2 * np.sum(imat & imat_true) / (imat.sum() + imat_true.sum()) > 0.8
+
+
 def test_double_angle_b1(variant_run):
     out, truth = variant_run
     b1 = _load(out / "sub-01_acq-calf_desc-dam_TB1map.nii.gz")
