@@ -32,15 +32,6 @@ LEVELS = (0.25, 0.45, 0.65, 0.8)
 SECTORS = np.deg2rad([-100.0, -10.0, 70.0, 150.0])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: the test machine's two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def rotation_z(degrees: float) -> np.ndarray:
     a = np.deg2rad(degrees)
     rot = np.eye(4)

@@ -18,15 +18,6 @@ SIZES_2D = [(1, 37, 53), (2, 64, 64), (1, 9, 20)]
 SIZES_3D = [(1, 37, 29, 5), (2, 16, 24, 1), (1, 20, 20, 9)]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: the test machine's two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("name", ["unet2d", "transunet", "hrnet", "unet3d"])
 def test_segmenters_map_input_to_class_maps_of_same_size(name):
     torch.manual_seed(0)

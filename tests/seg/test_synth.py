@@ -23,14 +23,6 @@ from bids_muscle.seg.zoo import load_model
 THIGH_RIGHT = list(range(1, 14))
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def ring_leg(n: int = 96, voxel_mm: float = 2.0, hole_mm: float = 30.0) -> np.ndarray:
     """A thigh-like slice: a disc of four muscle sectors around an unlabelled
     central hole (where the femur is), like a label map without bone."""

@@ -26,15 +26,6 @@ LEFT = (21, 22, 23, 25)
 SECTORS = np.deg2rad([-100.0, -10.0, 70.0, 150.0])
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: the test machine's two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def centred(affine, shape):
     affine = affine.copy()
     affine[:3, 3] = -affine[:3, :3] @ ((np.array(shape) - 1) / 2.0)

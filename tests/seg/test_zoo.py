@@ -13,15 +13,6 @@ from bids_muscle.seg.zoo import ModelCard, list_models, load_model, save_model, 
 ARGS = {"in_channels": 1, "n_classes": 4, "base_features": 4, "depth": 2}
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: the test machine's two cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_card(name: str = "thigh_test") -> ModelCard:
     return ModelCard(
         name=name,
