@@ -529,8 +529,8 @@ def synthesise_patch(
     images = []
     tissue_centre = None
     for k in slab:
-        classes_k = _crop(leg.classes[..., k], crop, patch_shape, 0)
-        bone_k = None if leg.bone is None else _crop(leg.bone[..., k], crop, patch_shape, False)
+        classes_k = extract_box(leg.classes[..., k], crop, patch_shape, 0)
+        bone_k = None if leg.bone is None else extract_box(leg.bone[..., k], crop, patch_shape, False)
         state = rng.bit_generator.state
         tissue = complete_tissues(classes_k, region, voxel, rng, settings, bone_k, leg.complete, subcut)
         if k == z:
@@ -539,7 +539,7 @@ def synthesise_patch(
             rng.bit_generator.state = state
         images.append(render_tissues(tissue, classes_k, contrast, rng, voxel))
     image = degrade(np.mean(images, axis=0), rng, settings)
-    classes = _crop(leg.classes[..., z], crop, patch_shape, 0)
+    classes = extract_box(leg.classes[..., z], crop, patch_shape, 0)
     lut = {label: position + 1 for position, label in enumerate(muscle_labels)}
     target = np.zeros(classes.shape, np.int64)
     for label, value in lut.items():
@@ -569,16 +569,18 @@ def _random_crop(
     return starts[0], starts[1]
 
 
-def _crop(array: np.ndarray, start: Sequence[int], patch: Sequence[int], fill) -> np.ndarray:
-    out = np.full(tuple(patch), fill, dtype=array.dtype)
+def extract_box(volume: np.ndarray, starts: Sequence[int], sizes: Sequence[int], fill) -> np.ndarray:
+    """Box of ``volume`` starting at ``starts`` (may leave the volume; the
+    outside is ``fill``)."""
+    out = np.full(tuple(sizes), fill, dtype=volume.dtype)
     source, target = [], []
-    for s, p, n in zip(start, patch, array.shape):
-        low, high = max(s, 0), min(s + p, n)
+    for start, size, n in zip(starts, sizes, volume.shape):
+        low, high = max(start, 0), min(start + size, n)
         if high <= low:
             return out
         source.append(slice(low, high))
-        target.append(slice(low - s, high - s))
-    out[tuple(target)] = array[tuple(source)]
+        target.append(slice(low - start, high - start))
+    out[tuple(target)] = volume[tuple(source)]
     return out
 
 

@@ -44,7 +44,9 @@ from bids_muscle.seg.infer import (
 )
 from bids_muscle.seg.labels import REGIONS, load_label_table
 from bids_muscle.seg.legs import body_mask, canonical_labels, reorient_to_ras, split_legs, voxel_sizes
+from bids_muscle.seg import synth
 from bids_muscle.seg.nets import SEGMENTATION_NETWORKS, SPATIAL_DIMS, build_network
+from bids_muscle.seg.synth import extract_box
 from bids_muscle.seg.zoo import ModelCard, load_model, save_model
 
 Progress = Callable[[dict[str, Any]], None]
@@ -503,8 +505,8 @@ class _PatchSampler:
                 starts.append(int(round(centre + jitter - (p - 1) / 2.0)))
             box = (starts[0], starts[1], z_start)
             sizes = (self.patch[0], self.patch[1], z_size)
-            image = _extract(leg.image, box, sizes, self.fills[k])
-            label = _extract(leg.classes, box, sizes, 0)
+            image = extract_box(leg.image, box, sizes, self.fills[k])
+            label = extract_box(leg.classes, box, sizes, 0)
             if self.spatial_dims == 2:
                 image, label = image[..., 0], label[..., 0]
             images.append(image)
@@ -512,21 +514,6 @@ class _PatchSampler:
         x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
         y = torch.from_numpy(np.stack(classes).astype(np.int64))
         return x, y
-
-
-def _extract(volume: np.ndarray, starts: Sequence[int], sizes: Sequence[int], fill: float) -> np.ndarray:
-    """Box of ``volume`` starting at ``starts`` (may leave the volume; the
-    outside is ``fill``)."""
-    out = np.full(tuple(sizes), fill, dtype=volume.dtype)
-    source, target = [], []
-    for start, size, n in zip(starts, sizes, volume.shape):
-        low, high = max(start, 0), min(start + size, n)
-        if high <= low:
-            return out
-        source.append(slice(low, high))
-        target.append(slice(low - start, high - start))
-    out[tuple(target)] = volume[tuple(source)]
-    return out
 
 
 def _split(legs: list[LegVolume], val_fraction: float, rng: np.random.Generator) -> tuple[list[LegVolume], list[LegVolume], str]:
@@ -882,9 +869,6 @@ class SyntheticPool:
         settings: Any = None,
         target: str = "muscles",
     ) -> None:
-        from bids_muscle.seg import synth
-
-        self._synth = synth
         self.groups = [list(g) for g in groups if len(g)]
         weights = np.array([w for g, w in zip(groups, weights) if len(g)], dtype=float)
         self.weights = weights / weights.sum()
@@ -902,7 +886,7 @@ class SyntheticPool:
         group = self.groups[int(self.rng.choice(len(self.groups), p=self.weights))]
         leg = group[int(self.rng.integers(len(group)))]
         z = int(self.rng.integers(leg.classes.shape[2]))
-        sample = self._synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
+        sample = synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
         if self.target == "muscleregion":
             return sample.image, sample.muscle_region.astype(np.int64)
         return sample.image, sample.classes
