@@ -34,6 +34,7 @@ import numpy as np
 
 from bids_muscle.phantom import anatomy, signals
 from bids_muscle.seg import synth
+from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.train import (
     LegVolume,
@@ -60,6 +61,8 @@ MUSCLEMAP_THIGH = {710: 3, 711: 4, 712: 5, 713: 2, 714: 1, 715: 9, 716: 13, 717:
 MUSCLEMAP_BONES = (6171, 6172, 8151, 8152, 8161, 8162, 6151, 6152, 6160)
 #: QMRITools calf labels -> calf table index (odd: subject's left leg by the DTI affine, even: right).
 QMRI_CALF = {13: 41, 14: 41, 15: 42, 16: 42, 17: 43, 18: 43, 19: 44, 20: 44, 21: 46, 22: 46, 23: 47, 24: 47, 25: 45, 26: 45}
+#: Left-side index minus right-side index in the label tables.
+LEFT_OFFSET = 20
 VOXEL_MM = {"thigh": (2.0, 2.0), "calf": (1.5, 1.5)}
 PATCH = {"thigh": (112, 112), "calf": (112, 112)}
 
@@ -122,6 +125,63 @@ def calf_legs(parity: str) -> list[synth.LegAnatomy]:
                                source=f"qmritools {parity}")
 
 
+def calf_images() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Real QMRITools calf images and their affines (all in the DTI
+    convention): DTI b0 and mean diffusion-weighted image, MESE echoes 1, 6
+    and 12, Dixon water and fat."""
+    folder = DATA / "calf_mese_philips"
+    dti = nib.load(str(folder / "DTIdata.nii.gz"))
+    diffusion = np.asarray(dti.dataobj).astype(np.float32)
+    bvals = np.loadtxt(folder / "DTIdata.bval").ravel()
+    t2 = nib.load(str(folder / "T2data.nii.gz"))
+    stack = np.asarray(t2.dataobj).astype(np.float32)
+    flat = stack.reshape(stack.shape[:2] + (-1,), order="F")  # slices x 17 echoes, echo fastest
+    # the Dixon files' affine is a default one: their field of view is the DTI
+    # one (480 mm) at half the voxel size; 23 of the 25 DTI slice positions,
+    # centred (a +-1 slice shift changes the image correlation by < 0.1 %)
+    dixon_affine = dti.affine @ np.diag([0.5, 0.5, 1.0, 1.0])
+    dixon_affine[:3, 3] = dti.affine[:3, :3] @ np.array([-0.25, -0.25, 1.0]) + dti.affine[:3, 3]
+    images = {
+        "dti_b0": (diffusion[..., bvals < 50].mean(axis=-1), dti.affine),
+        "dti_dwi": (diffusion[..., bvals >= 50].mean(axis=-1), dti.affine),
+    }
+    for echo in (1, 6, 12):
+        images[f"mese_echo{echo}"] = (flat[..., echo - 1 : 221 : 17], t2.affine)
+    for part in ("water", "fat"):
+        images[f"dixon_{part}"] = (np.asarray(nib.load(str(folder / f"{part}.nii.gz")).dataobj).astype(np.float32), dixon_affine)
+    return images
+
+
+def calf_truth(parity: str) -> tuple[np.ndarray, np.ndarray]:
+    """QMRITools calf labels as calf table indices (odd codes: left leg) of
+    the ``odd`` or ``even`` leg or ``both``, with the DTI affine."""
+    codes, affine = calf_labels()
+    truth = np.zeros(codes.shape, np.int16)
+    for code, index in QMRI_CALF.items():
+        if parity == "both" or (code % 2 == 1) == (parity == "odd"):
+            truth[codes == code] = index + (LEFT_OFFSET if code % 2 == 1 else 0)
+    return truth, affine
+
+
+def calf_real_legs(parity: str, label_indices, contrasts=None) -> list[LegVolume]:
+    """Real labelled calf legs (``odd``/``even``/``both``) in every real
+    contrast on the model grid, ``IGNORE`` on unlabelled tissue inside the
+    fascia (the extensor hallucis longus and the deep flexors, bones)."""
+    truth, truth_affine = calf_truth(parity)
+    images, labels, affines = [], [], []
+    for name, (image, affine) in calf_images().items():
+        if contrasts is not None and name not in contrasts:
+            continue
+        images.append(image)
+        labels.append(resample_labels(truth, truth_affine, image.shape, affine))
+        affines.append(affine)
+    legs = prepare_leg_volumes(images, labels, affines, "calf", label_indices, list(VOXEL_MM["calf"]) + [None], 2)
+    legs = [leg for leg in legs if (leg.classes > 0).any()]
+    for leg in legs:
+        leg.classes = synth.mark_unlabelled(leg.classes, VOXEL_MM["calf"][0])
+    return legs
+
+
 def phantom_val_legs(region: str, label_indices, seeds) -> list[LegVolume]:
     images, labels, affines = [], [], []
     for seed in seeds:
@@ -148,7 +208,7 @@ def build(region: str, calf_parity: str = "both", seed: int = 0):
     if region == "thigh":
         train_names = [n for n, _, _ in huashan_maps() if n not in HUASHAN_TEST + HUASHAN_VAL]
         groups = [huashan_legs(train_names), musclemap_legs(), phantom_legs("thigh", [[3000, k] for k in range(8)])]
-        weights = [0.5, 0.25, 0.25]
+        weights = [0.6, 0.25, 0.15]
         val = phantom_val_legs("thigh", labels, [[4000, 0], [4000, 1]])
         val += synthetic_val_legs(huashan_legs(HUASHAN_VAL), "thigh", labels, ("t1w", "water", "t2", "fat"), seed + 7)
         data = [
@@ -161,13 +221,17 @@ def build(region: str, calf_parity: str = "both", seed: int = 0):
         ]
     else:
         qmri = calf_legs(calf_parity)
-        groups = [qmri, phantom_legs("calf", [[3000, k] for k in range(8)])]
-        weights = [0.6, 0.4]
+        real = calf_real_legs(calf_parity, labels)
+        groups = [qmri, phantom_legs("calf", [[3000, k] for k in range(8)]), real]
+        weights = [0.35, 0.3, 0.35]
         val = phantom_val_legs("calf", labels, [[4000, 0], [4000, 1]])
         val += synthetic_val_legs(qmri, "calf", labels, ("water", "pd"), seed + 7)
         data = [
             {"name": "QMRITools calf demo labels", "origin": "mfroeling/QMRITools 5394bc39 QMRITools/Resources/DemoData/labels",
              "images": 1, "legs": calf_parity, "licence": "BSD-3-Clause", "use": "anatomy for synthesis (labels only)"},
+            {"name": "QMRITools calf demo images with their labels", "origin": "mfroeling/QMRITools 5394bc39 QMRITools/Resources/DemoData",
+             "images": len(real), "legs": calf_parity, "licence": "BSD-3-Clause",
+             "use": "real labelled slices (DTI b0 and mean DWI, MESE echoes 1/6/12, Dixon water/fat), randomly degraded"},
             {"name": "bids_muscle digital phantom anatomies", "origin": "bids_muscle.phantom.anatomy seeds [3000, k], k < 8",
              "images": 8, "licence": "Apache-2.0", "use": "anatomy for synthesis"},
         ]
@@ -186,16 +250,57 @@ def two_leg_volume(legs, region, family, seed) -> tuple[np.ndarray, np.ndarray]:
     ny = max(p.shape[1] for p in parts)
     floor = min(float(np.percentile(p, 1.0)) for p in parts)
     padded = [np.pad(p[..., :nz], ((0, 0), (0, ny - p.shape[1]), (0, 0)), constant_values=floor) for p in parts]
-    image = np.concatenate(padded[::-1], axis=0)  # left leg at low x (RAS)
     voxel = legs[0].voxel_mm
+    gap = np.full((int(np.random.default_rng(seed).uniform(0, 60) / voxel[0]),) + padded[0].shape[1:], floor, np.float32)
+    image = np.concatenate([padded[1], gap, padded[0]] if len(padded) == 2 else padded, axis=0)  # left leg at low x (RAS)
     affine = np.diag([voxel[0], voxel[1], voxel[2], 1.0])
     affine[:3, 3] = -affine[:3, :3] @ ((np.array(image.shape) - 1) / 2.0)
     return image, affine
 
 
+def _nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
+    image = nib.load(str(DATA / path))
+    data = np.asarray(image.dataobj).astype(np.float32)
+    return (data[..., 0] if data.ndim == 4 else data), image.affine
+
+
+def dicom_first_echo(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    from bids_muscle.dicom2bids import load_volume, scan_folder
+
+    frames, _ = scan_folder(DATA / folder)
+    frames = [f for f in frames if f.part in (None, "mag")]
+    first = min(f.echo_time_ms for f in frames if f.echo_time_ms is not None)
+    image, affine = load_volume([f for f in frames if f.echo_time_ms == first])
+    return image.astype(np.float32), affine
+
+
+def real_region_images(split: str) -> list[tuple[str, str, np.ndarray, np.ndarray]]:
+    """(name, region, image, affine) of real scans of known region: the
+    ``train`` split (QMRITools calf contrasts, Siemens thigh Dixon echoes, thigh
+    MT) or the ``test`` split (every other dataset)."""
+    out = []
+    if split == "train":
+        out += [(f"calf_mese_philips {n}", "calf", *v) for n, v in calf_images().items()]
+        out += [(f"thigh_dixon_siemens {p}", "thigh", *_nifti(f"thigh_dixon_siemens/{p}-Dixon_TE_{te}_th.nii.gz"))
+                for p, te in (("0006", 345), ("0008", 460), ("0010", 575))]  # magnitudes
+        out += [(f"thigh_mt {p}", "thigh", *_nifti(f"thigh_mt/{p}.nii.gz")) for p in ("mt_off", "mt_on")]
+        return out
+    out += [(f"calf_dixon3d_siemens {p.name[:4]}", "calf", *_nifti(f"calf_dixon3d_siemens/{p.name}"))
+            for p in sorted((DATA / "calf_dixon3d_siemens").glob("*.nii.gz"))]
+    out.append(("calf_megre_ge_dicom", "calf", *dicom_first_echo("calf_megre_ge_dicom")))
+    out.append(("thigh_mese_siemens_dicom", "thigh", *dicom_first_echo("thigh_mese_siemens_dicom")))
+    out += [(f"thigh_t2_se2echo {p}", "thigh", *_nifti(f"thigh_t2_se2echo/{p}.nii.gz")) for p in ("t2_te16ms",)]
+    out += [(f"thigh_b1_dam {p}", "thigh", *_nifti(f"thigh_b1_dam/{p}.nii.gz")) for p in ("se_fa060",)]
+    out += [(f"thigh_dixon_ge_masked {p.name[:5]}", "thigh", *_nifti(f"thigh_dixon_ge_masked/{p.name}"))
+            for p in sorted((DATA / "thigh_dixon_ge_masked").glob("4*.nii.gz"))]
+    return out
+
+
 def region_classifier_data(seed: int = 0):
     """Synthetic two-leg thigh and calf volumes from the training label maps
-    (Huashan training maps, MuscleMap, QMRITools, phantom anatomies)."""
+    (Huashan training maps, MuscleMap, QMRITools, phantom anatomies), plus
+    the real scans of the ``train`` split of :func:`real_region_images`
+    (each real calf image twice, to balance the regions)."""
     families = ("t1w", "water", "fat", "t2", "stir", "pd")
     thigh_names = [n for n, _, _ in huashan_maps() if n not in HUASHAN_TEST + HUASHAN_VAL]
     sets = [("thigh", synth.leg_anatomies(lab, aff, "thigh", HUASHAN_CODES, voxel_size_mm=(2.0, 2.0), complete=False))
@@ -211,7 +316,13 @@ def region_classifier_data(seed: int = 0):
         images.append(image)
         affines.append(affine)
         regions.append(region)
-    return images, affines, regions
+    n_synthetic = len(images)
+    for _, region, image, affine in real_region_images("train"):
+        for _ in range(2 if region == "calf" else 1):
+            images.append(image)
+            affines.append(affine)
+            regions.append(region)
+    return images, affines, regions, n_synthetic
 
 
 def main() -> None:
@@ -230,18 +341,23 @@ def main() -> None:
     parser.add_argument("--init-from", help="model card (path) whose weights start the training")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
     args = parser.parse_args()
     if args.model == "region_classifier":
         t0 = time.time()
-        images, affines, regions = region_classifier_data(args.seed)
+        images, affines, regions, n_synthetic = region_classifier_data(args.seed)
         print(f"{len(images)} synthetic volumes ({regions.count('thigh')} thigh) in {time.time() - t0:.0f} s", flush=True)
         result = train_region_classifier(
-            images, affines, regions, args.out_dir, arguments={"base_features": 8}, epochs=200, steps_per_epoch=20,
+            images, affines, regions, args.out_dir, arguments={"base_features": 8}, epochs=400, steps_per_epoch=20,
             batch_size=16, seed=args.seed, patience=args.patience, time_limit_s=args.minutes * 60, num_threads=args.threads,
             licence="Apache-2.0",
             training_data=[{"name": "synthetic two-leg volumes from the thigh and calf training label maps",
                             "origin": "benchmarks/train_synth_models.py region_classifier_data",
-                            "images": len(images), "licence": "Apache-2.0 (sources: Apache-2.0, MIT, BSD-3-Clause)"}],
+                            "images": n_synthetic, "licence": "Apache-2.0 (sources: Apache-2.0, MIT, BSD-3-Clause)"},
+                           {"name": "real scans: QMRITools calf demo (7 contrasts, each twice), musclemap Siemens thigh Dixon "
+                                    "magnitudes (3) and thigh MT on/off (2)",
+                            "origin": "mfroeling/QMRITools 5394bc39 DemoData; SWastling/musclemap bb20bfe5 tests/test_data",
+                            "images": len(images) - n_synthetic, "licence": "BSD-3-Clause, MIT"}],
             progress=lambda r: print(f"epoch {r['epoch']} loss {r['train_loss']:.3f} val loss {r['val_loss']:.3f} "
                                      f"accuracy {r['val_accuracy']:.3f} {r['elapsed_s']:.0f} s", flush=True),
         )
@@ -267,7 +383,7 @@ def main() -> None:
         arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region], patch_size=PATCH[region],
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
-        learning_rate=args.learning_rate, init_from=args.init_from,
+        lr_patience=args.lr_patience, learning_rate=args.learning_rate, init_from=args.init_from,
         training_data=data, licence="Apache-2.0", description=description,
         time_limit_s=args.minutes * 60, num_threads=args.threads,
         progress=lambda r: print(f"epoch {r['epoch']} loss {r['train_loss']:.3f} val Dice {r['val_dice']:.3f} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,6 +244,9 @@ class RegionInputs:
     b1_dam: Series | None = None  # double-angle pair, sorted by FlipAngle
     field_strength_t: float | None = None
     refocusing_flip_angle_deg: float | None = None
+    #: Region probabilities when the region was not named by ``acq-`` but
+    #: predicted by the region classifier (None otherwise).
+    region_probabilities: dict | None = None
 
     @property
     def entities(self) -> dict:
@@ -392,8 +396,13 @@ def collect_inputs(
     session: str | None,
     regions: tuple[str, ...] = REGIONS,
     filters: dict | None = None,
+    classify: Callable[[Path], tuple[str, dict]] | None = None,
 ) -> list[RegionInputs]:
     """All usable inputs of one participant (and session), grouped by region.
+
+    Files without ``acq-<region>`` belong to the only requested region; with
+    several requested, ``classify(anatomical_reference)`` (the region
+    classifier) decides, and without it that is an error.
 
     Raises
     ------
@@ -414,18 +423,16 @@ def collect_inputs(
     seen_regions = set()
     for acq in acquisitions:
         region = region_of(acq or None, regions)
-        if region is None:
-            if acq:
-                continue
+        pending = region is None and not acq
+        if pending and classify is None:
             raise InputError(
                 f"sub-{subject}: files without acq-<region> and several regions requested; "
                 "name them acq-thigh or acq-calf, or pass --regions"
             )
+        if pending:
+            region = regions[0]  # until the classifier has seen the image
         if region not in regions:
             continue
-        if region in seen_regions:
-            raise InputError(f"sub-{subject}: several acquisitions map to region {region}; use --bids-filter-file")
-        seen_regions.add(region)
         acq_q = {"acquisition": acq if acq else Query.NONE}
         rin = RegionInputs(subject=subject, session=session, region=region)
         mese = query(suffix="MESE", **acq_q)
@@ -466,6 +473,13 @@ def collect_inputs(
             raise InputError(f"{have}: scanner Dixon needs both rec-water and rec-fat images")
         if rin.anatomical_reference is None:
             continue
+        if pending:
+            rin.region, rin.region_probabilities = classify(rin.anatomical_reference)
+            if rin.region not in regions:
+                continue
+        if rin.region in seen_regions:
+            raise InputError(f"sub-{subject}: several acquisitions map to region {rin.region}; use --bids-filter-file")
+        seen_regions.add(rin.region)
         out.append(rin)
     return out
 

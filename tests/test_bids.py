@@ -105,3 +105,25 @@ def test_layout_does_not_write_into_the_dataset(small_phantom):
     bids.collect_inputs(bids.load_layout(small_phantom), "01", None)
     assert sorted((p, p.stat().st_mtime_ns) for p in small_phantom.rglob("*")) == before
     assert os.access(small_phantom, os.R_OK)
+
+
+def test_files_without_acq_are_routed_by_the_classifier(small_phantom, tmp_path):
+    root = _copy(small_phantom, tmp_path)
+    for path in root.glob("sub-01/*/*_acq-calf_*"):
+        path.rename(path.with_name(path.name.replace("_acq-calf", "")))
+    layout = bids.load_layout(root)
+    with pytest.raises(bids.InputError, match="without acq-<region> and several regions"):
+        bids.collect_inputs(layout, "01", None)
+    (rin,) = bids.collect_inputs(layout, "01", None, regions=("calf",))
+    assert rin.region == "calf" and rin.region_probabilities is None
+    seen = []
+
+    def classify(path):
+        seen.append(path)
+        return "calf", {"thigh": 0.1, "calf": 0.9}
+
+    (rin,) = bids.collect_inputs(layout, "01", None, classify=classify)
+    assert seen == [rin.anatomical_reference] and rin.region == "calf" and rin.region_probabilities["calf"] == 0.9
+    assert rin.entities["acq"] == "calf" and len(rin.mese.files) == 17
+    assert bids.collect_inputs(layout, "01", None, regions=("thigh", "calf"),
+                               classify=lambda path: ("thigh", {"thigh": 1.0, "calf": 0.0}))[0].region == "thigh"

@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="JSON object of extra pybids filters per input, keyed by lower-case suffix "
                           "(mese, megre, mtr, t1w, tb1map), e.g. {\"mese\": {\"run\": 1}}")
     sel.add_argument("--regions", nargs="+", choices=["thigh", "calf"], default=["thigh", "calf"],
-                     help="regions to process; files are matched by acq-thigh / acq-calf")
+                     help="regions to process; files are matched by acq-thigh / acq-calf (files without acq- go to the "
+                          "only region given, or to the region classifier's choice)")
     sel.add_argument("--skip-bids-validation", action="store_true",
                      help="index the dataset without checking file names against BIDS")
 
@@ -238,6 +239,37 @@ def available_networks(config: Config) -> dict[str, list[str]]:
     return found
 
 
+def region_classifier(config: Config):
+    """``classify(path) -> (region, probabilities)`` with the region
+    classifier model, for images without ``acq-<region>``; None when no such
+    model is installed."""
+    from bids_muscle.seg.zoo import find_card
+
+    try:
+        find_card("region_classifier", config.model_dir)
+    except ValueError:
+        return None
+    loaded = []
+
+    def classify(path: Path) -> tuple[str, dict]:
+        import nibabel as nib
+        import numpy as np
+
+        from bids_muscle.seg.infer import classify_region
+        from bids_muscle.seg.zoo import load_model
+
+        if not loaded:
+            loaded.extend(load_model("region_classifier", config.model_dir))
+        image = nib.load(str(path))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        region, probabilities = classify_region(data[..., 0] if data.ndim == 4 else data, image.affine, *loaded,
+                                                num_threads=config.nprocs)
+        _log(f"{path.name}: no acq-<region>; the region classifier says {region} (p = {probabilities[region]:.2f})")
+        return region, probabilities
+
+    return classify
+
+
 def write_label_tables(config: Config, networks: dict[str, list[str]]) -> None:
     from bids_muscle import bids
     from bids_muscle.seg.labels import dseg_tsv_text
@@ -258,13 +290,14 @@ def run_participant(config: Config) -> int:
     _check_writable(config.output_dir)
     _check_writable(config.work_dir)
     networks = available_networks(config)
+    classify = region_classifier(config) if len(config.regions) > 1 else None
     bids.init_derivatives(config.output_dir, config.bids_dir)
     write_label_tables(config, networks)
     input_errors, crashes, done = [], [], 0
     for sub, ses in pairs:
         tag = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
         try:
-            regions = bids.collect_inputs(layout, sub, ses, config.regions, config.bids_filters)
+            regions = bids.collect_inputs(layout, sub, ses, config.regions, config.bids_filters, classify)
         except bids.InputError as err:
             _log(f"{tag}: skipped: {err}")
             input_errors.append(str(err))

@@ -382,9 +382,10 @@ def classify_region(
 ) -> tuple[str, dict[str, float]]:
     """Thigh or calf? The tree root of Agosti et al. 2021.
 
-    ``n_slices`` axial slices from the central half of the volume are cropped
-    to the body (both legs), padded to a square, normalised and classified;
-    the softmax outputs are averaged.
+    ``n_slices`` axial slices from the central half of the volume are
+    resampled to the card's voxel size on a square canvas centred on the
+    body (:func:`region_slices`, which keeps the physical size of the legs),
+    normalised and classified; the softmax outputs are averaged.
 
     Returns
     -------
@@ -395,7 +396,7 @@ def classify_region(
     """
     if card.architecture != "region":
         raise ValueError(f"model {card.name!r} is not a region classifier")
-    stack = region_slices(image, affine, n_slices)
+    stack = region_slices(image, affine, n_slices, float(card.voxel_size_mm[0]), int(card.arguments.get("input_size", 128)))
     model.eval()
     with torch_threads(num_threads), torch.inference_mode():
         probs = torch.softmax(model(torch.from_numpy(stack)[:, None]), dim=1).mean(dim=0).numpy()
@@ -403,24 +404,31 @@ def classify_region(
     return card.classes[int(np.argmax(probs))], result
 
 
-def region_slices(image: np.ndarray, affine: np.ndarray, n_slices: int = 5) -> np.ndarray:
-    """Normalised square axial slices (N, S, S) of the body, the input of the
-    region classifier (also used to train it)."""
-    image_ras, _, _ = reorient_to_ras(np.nan_to_num(np.asarray(image, dtype=np.float32)), affine)
+def region_slices(
+    image: np.ndarray, affine: np.ndarray, n_slices: int = 5, voxel_mm: float = 4.0, size: int = 128
+) -> np.ndarray:
+    """Normalised axial slices (N, size, size) of the body at ``voxel_mm``,
+    centred on the body: the input of the region classifier (also used to
+    train it). The physical size of the legs is kept (a thigh is wider than
+    a calf), unlike a crop resized to the canvas."""
+    image_ras, affine_ras, _ = reorient_to_ras(np.nan_to_num(np.asarray(image, dtype=np.float32)), affine)
     mask = body_mask(image_ras, slice_axis=2)
     if not mask.any():
         raise ValueError("no body found in the image")
     normalised = robust_normalise(image_ras, mask)
+    fill = float(np.percentile(normalised, 1.0))
     nz = image_ras.shape[2]
     picks = np.unique(np.linspace(0.25 * (nz - 1), 0.75 * (nz - 1), num=min(n_slices, nz)).round().astype(int))
-    xs = np.flatnonzero(mask.any(axis=(1, 2)))
-    ys = np.flatnonzero(mask.any(axis=(0, 2)))
-    body = normalised[xs[0] : xs[-1] + 1, ys[0] : ys[-1] + 1][:, :, picks]
-    side = max(body.shape[:2])
-    square = np.full((side, side, len(picks)), float(np.percentile(normalised, 1.0)), dtype=np.float32)
-    ox, oy = (side - body.shape[0]) // 2, (side - body.shape[1]) // 2
-    square[ox : ox + body.shape[0], oy : oy + body.shape[1]] = body
-    return np.ascontiguousarray(np.moveaxis(square, 2, 0))
+    voxel = np.asarray(voxel_sizes(affine_ras)[:2])
+    centre = np.argwhere(mask.any(axis=2)).mean(axis=0)
+    offsets = (np.arange(size) - (size - 1) / 2.0) * voxel_mm
+    grid = np.stack(np.meshgrid(centre[0] + offsets / voxel[0], centre[1] + offsets / voxel[1], indexing="ij"))
+    sigma = np.maximum(0.0, 0.4 * (voxel_mm / voxel - 1.0))
+    out = np.empty((len(picks), size, size), np.float32)
+    for k, z in enumerate(picks):
+        plane = ndimage.gaussian_filter(normalised[..., z], sigma) if sigma.any() else normalised[..., z]
+        out[k] = ndimage.map_coordinates(plane, grid, order=1, cval=fill)
+    return out
 
 
 def resample_labels(

@@ -345,6 +345,22 @@ def complete_tissues(
     return tissue
 
 
+def mark_unlabelled(classes: np.ndarray, voxel_mm: float, closing_mm: float = 5.0) -> np.ndarray:
+    """Class map of an incompletely labelled real leg with ``IGNORE`` on the
+    unlabelled tissue inside the fascia (closing of the labels, slice by
+    slice): it may be a muscle the source does not label."""
+    out = np.asarray(classes).astype(np.int64).copy()
+    disk = _disk(closing_mm / voxel_mm)
+    pad = disk.shape[0]
+    for z in range(out.shape[2]):
+        labelled = np.pad(out[..., z] > 0, pad)
+        if not labelled.any():
+            continue
+        inside = ndimage.binary_fill_holes(ndimage.binary_closing(labelled, structure=disk))[pad:-pad, pad:-pad]
+        out[..., z][inside & (out[..., z] == 0)] = IGNORE
+    return out
+
+
 def _place_bones(
     gaps: np.ndarray, region: str, voxel_mm: float, rng: np.random.Generator, settings: SynthesisSettings
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -521,7 +537,7 @@ def synthesise_patch(
     thickness = rng.uniform(*settings.slice_mm)
     half = int(min(3, max(0, round((thickness / leg.voxel_mm[2] - 1) / 2))))
     slab = [k for k in range(z - half, z + half + 1) if 0 <= k < nz]
-    crop = _random_crop(leg.classes.shape[:2], patch_shape, leg.classes[..., z] != 0, rng)
+    crop = random_crop(leg.classes.shape[:2], patch_shape, leg.classes[..., z] != 0, rng)
     muscle_labels = [int(i) for i in label_indices]
     contrast = draw_contrast(muscle_labels, rng, settings, family)
     subcut = rng.uniform(*settings.subcut_fat_mm)
@@ -554,7 +570,7 @@ def synthesise_patch(
     return SyntheticPatch(image=image, classes=target, muscle_region=region_mask, tissue=tissue_centre, contrast=contrast.family)
 
 
-def _random_crop(
+def random_crop(
     shape: Sequence[int], patch: Sequence[int], foreground: np.ndarray, rng: np.random.Generator
 ) -> tuple[int, int]:
     """Start of a random crop of ``patch`` that keeps the muscles mostly in

@@ -569,6 +569,7 @@ def train_region_classifier(
     name: str = "region_classifier",
     arguments: dict[str, Any] | None = None,
     slices_per_image: int = 9,
+    voxel_mm: float = 4.0,
     epochs: int = 50,
     steps_per_epoch: int = 20,
     batch_size: int = 16,
@@ -583,21 +584,23 @@ def train_region_classifier(
     progress: Progress | None = None,
 ) -> TrainingResult:
     """Train the thigh/calf classifier of Agosti et al. 2021 on whole axial
-    slices (both legs), with rotation, scaling, left-right flips and
-    intensity augmentation; early stopping on the validation cross-entropy."""
+    slices (both legs) at ``voxel_mm`` (:func:`region_slices`), with
+    rotation, scaling, left-right flips and intensity augmentation; early
+    stopping on the validation cross-entropy."""
     classes = list(REGIONS)
     if not (len(images) == len(affines) == len(regions)):
         raise ValueError("images, affines and regions must have equal lengths")
     unknown = sorted(set(regions) - set(classes))
     if unknown:
         raise ValueError(f"unknown regions {unknown}; expected {classes}")
-    arguments = {**(arguments or {}), "in_channels": 1, "n_classes": len(classes)}
+    arguments = {"input_size": 128, **(arguments or {}), "in_channels": 1, "n_classes": len(classes)}
     card = ModelCard(
         name=name,
         architecture="region",
         arguments=arguments,
         region="any",
         classes=classes,
+        voxel_size_mm=[float(voxel_mm), float(voxel_mm), None],
         training_data=list(training_data or []),
         licence=licence,
     )
@@ -608,8 +611,7 @@ def train_region_classifier(
     size = network.input_size
     stacks = []
     for image, affine, region in zip(images, affines, regions):
-        slices = torch.from_numpy(region_slices(image, affine, slices_per_image))[:, None]
-        slices = F.interpolate(slices, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        slices = torch.from_numpy(region_slices(image, affine, slices_per_image, voxel_mm, size))[:, None]
         stacks.append((slices, classes.index(region)))
     order = rng.permutation(len(stacks))
     n_val = min(len(stacks) - 1, max(1, int(round(val_fraction * len(stacks))))) if len(stacks) > 1 else 0
@@ -853,8 +855,12 @@ class SyntheticPool:
 
     Legs are drawn by source group (``weights``), then a slice at random, then
     a fresh random contrast (:func:`bids_muscle.seg.synth.synthesise_patch`).
+    A group may also hold real labelled legs (:class:`LegVolume`, normalised
+    image and classes on the model grid, ``IGNORE`` where unknown): their
+    slices are cropped at random and degraded
+    (:func:`bids_muscle.seg.synth.degrade`) half of the time.
     ``target`` is ``"muscles"`` (classes) or ``"muscleregion"`` (1 inside the
-    fascia except bone, 0 elsewhere).
+    fascia except bone, 0 elsewhere; synthetic legs only).
     """
 
     def __init__(
@@ -878,6 +884,8 @@ class SyntheticPool:
         self.rng = rng
         self.settings = settings
         self.target = target
+        if target != "muscles" and any(isinstance(leg, LegVolume) for g in self.groups for leg in g):
+            raise ValueError("real labelled legs can only train the 'muscles' target")
         self.images = torch.zeros((size, 1) + tuple(patch))
         self.classes = torch.zeros((size,) + tuple(patch), dtype=torch.long)
         self.redraw(np.arange(size))
@@ -885,11 +893,24 @@ class SyntheticPool:
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
         group = self.groups[int(self.rng.choice(len(self.groups), p=self.weights))]
         leg = group[int(self.rng.integers(len(group)))]
+        if isinstance(leg, LegVolume):
+            return self._real_slice(leg)
         z = int(self.rng.integers(leg.classes.shape[2]))
         sample = synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
         if self.target == "muscleregion":
             return sample.image, sample.muscle_region.astype(np.int64)
         return sample.image, sample.classes
+
+    def _real_slice(self, leg: LegVolume) -> tuple[np.ndarray, np.ndarray]:
+        z = int(self.rng.choice(np.flatnonzero((leg.classes > 0).any(axis=(0, 1)))))
+        classes = leg.classes[..., z]
+        start = synth.random_crop(classes.shape, self.patch, classes > 0, self.rng)
+        image = leg.image[..., z]
+        if self.rng.uniform() < 0.5:
+            body = image > 0.02
+            image = robust_normalise(synth.degrade(image - image.min(), self.rng, self.settings), body)
+        return (extract_box(image, start, self.patch, float(np.percentile(image, 1.0))),
+                extract_box(classes, start, self.patch, 0).astype(np.int64))
 
     def redraw(self, indices: np.ndarray) -> None:
         for i in indices:
@@ -930,6 +951,7 @@ def train_synthetic_model(
     weight_decay: float = 1e-5,
     seed: int = 0,
     patience: int = 12,
+    lr_patience: int = 4,
     augmentation: Augmentation | None = None,
     settings: Any = None,
     init_from: str | Path | None = None,
@@ -966,6 +988,8 @@ def train_synthetic_model(
         Synthetic slices kept in memory and the share redrawn every epoch.
     settings : SynthesisSettings, optional
         Synthesis ranges.
+    lr_patience : int
+        Epochs without validation gain before the learning rate is halved.
     init_from : str or Path, optional
         Model (card path or name, looked up in ``model_dir`` then the
         package) whose matching weights start the training: continue a
@@ -1011,7 +1035,7 @@ def train_synthetic_model(
     synthesis_s = time.monotonic() - start
     augmentation = augmentation or Augmentation()
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=4)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=lr_patience)
     history: list[dict[str, Any]] = []
     best_dice, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), 0
     stopped_early = False

@@ -130,6 +130,12 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         f"For the {rin.region}, the anatomical reference ({rin.anatomical_reference.name}) was corrected for "
         "intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
     )
+    if rin.region_probabilities is not None:
+        workflow.__desc__ = (
+            f"The images carried no `acq-<region>` entity; a thigh/calf classifier (after Agosti et al. 2021) "
+            f"applied to the anatomical reference called them {rin.region} "
+            f"(probability {rin.region_probabilities[rin.region]:.2f}). " + workflow.__desc__
+        )
     outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
     ent = rin.entities
     written = []

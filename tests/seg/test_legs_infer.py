@@ -325,3 +325,27 @@ def test_real_calf_labels_split_by_leg(shared_data):
         assert len(values) == 7
         parities.append({v % 2 for v in values})
     assert sorted(map(tuple, parities)) == [(0,), (1,)]
+
+
+def test_region_slices_keep_the_physical_size_of_the_legs():
+    from bids_muscle.seg.infer import region_slices
+
+    def legs(voxel_mm, radius_mm):
+        n = int(round(400 / voxel_mm))
+        ii, jj = np.indices((n, n)) * voxel_mm
+        image = np.zeros((n, n, 4), np.float32)
+        rng = np.random.default_rng(0)
+        for cx in (110.0, 290.0):
+            inside = np.hypot(ii - cx, jj - 200.0) <= radius_mm
+            image[inside] = rng.uniform(50.0, 150.0, (int(inside.sum()), 4))
+        return image, np.diag([voxel_mm, voxel_mm, 8.0, 1.0])
+
+    def area_mm2(stack):
+        return float((stack[1] > -0.25).sum()) * 4.0**2  # the background maps to -0.5
+
+    thigh_1mm, thigh_2mm, calf_1mm = (region_slices(*legs(v, r)) for v, r in ((1.0, 80.0), (2.0, 80.0), (1.0, 55.0)))
+    assert thigh_1mm.shape[1:] == (128, 128)
+    expected = 2 * np.pi * 80.0**2
+    assert abs(area_mm2(thigh_1mm) - expected) < 0.05 * expected
+    assert abs(area_mm2(thigh_2mm) - area_mm2(thigh_1mm)) < 0.03 * expected
+    assert area_mm2(calf_1mm) < 0.55 * area_mm2(thigh_1mm)

@@ -203,3 +203,28 @@ def test_real_label_maps_map_to_the_right_muscles(shared_data):
         assert x[leg.classes == 42].mean() > x[leg.classes == 41].mean()
         assert y[leg.classes == 44].mean() > y[leg.classes == 43].mean()
         assert x[leg.classes == 46].mean() > x[leg.classes == 44].mean()  # peroneus lateral
+
+
+def test_mark_unlabelled_ignores_gaps_inside_the_fascia_only():
+    classes = np.zeros((60, 60, 2), np.int64)
+    classes[10:30, 10:50, 0] = 1
+    classes[32:50, 10:50, 0] = 2  # a 2-voxel (4 mm) cleft between two muscles
+    marked = synth.mark_unlabelled(classes, voxel_mm=2.0, closing_mm=6.0)
+    assert np.all(marked[30:32, 12:48, 0] == synth.IGNORE)
+    assert np.all(marked[..., 0][classes[..., 0] > 0] == classes[..., 0][classes[..., 0] > 0])
+    assert np.all(marked[:8, :, 0] == 0) and np.all(marked[..., 1] == 0)
+
+
+def test_pool_mixes_real_labelled_legs_with_synthesis():
+    from bids_muscle.seg.train import SyntheticPool
+
+    rng = np.random.default_rng(0)
+    classes = np.zeros((70, 70, 3), np.int64)
+    classes[20:50, 20:50] = 4
+    classes[30:40, 30:40, 1] = synth.IGNORE
+    real = LegVolume(image=(classes > 0).astype(np.float32) * 0.8 + 0.1, classes=classes, group=0)
+    pool = SyntheticPool([phantom_legs(), [real]], [0.0001, 1.0], "thigh", THIGH_RIGHT, (64, 64), 6, rng)
+    assert set(np.unique(pool.classes.numpy())) <= {synth.IGNORE, 0, 4}
+    assert (pool.classes == 4).sum(dim=(1, 2)).min() >= 700  # the muscle square stays in view
+    with pytest.raises(ValueError, match="muscles"):
+        SyntheticPool([[real]], [1.0], "thigh", THIGH_RIGHT, (64, 64), 2, rng, target="muscleregion")
