@@ -127,3 +127,18 @@ def test_network_without_a_model_is_bad_input(tiny_bids, tmp_path, capsys):
     assert code == 2
     assert "--networks nosuchnet: no model named <region>_nosuchnet" in capsys.readouterr().err
     assert not (tmp_path / "out" / "sub-01").exists()
+
+
+def test_shipped_region_classifier_routes_phantom_images(tmp_path, capsys):
+    from bids_muscle.cli.run import region_classifier
+    from bids_muscle.config import Config
+
+    root = generate_dataset(tmp_path / "bids", n_participants=1, seed=11, regions=("thigh", "calf"), n_slices=4)
+    config = Config(bids_dir=root, output_dir=tmp_path / "out", analysis_level="participant", work_dir=tmp_path / "w")
+    classify = region_classifier(config)
+    for region in ("thigh", "calf"):
+        predicted, probabilities = classify(root / f"sub-01/anat/sub-01_acq-{region}_T1w.nii.gz")
+        assert predicted == region and probabilities[region] > 0.9
+    assert "the region classifier says calf" in capsys.readouterr().out
+    assert region_classifier(Config(bids_dir=root, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path,
+                                    model_dir=str(tmp_path / "empty"))) is not None  # the package model is the fallback
