@@ -11,8 +11,10 @@ the app:
 * ``calf``: leave-one-leg-out on the real QMRITools calf images (DTI b0,
   first MESE echo, Dixon water): a model trained with one leg's labels
   segments the other leg.
-* ``real``: real thighs without labels (Dixon in-phase echo, first MESE
-  echo, MT-off): overlay montages in docs/figures and left/right volumes.
+* ``real`` (or ``real-thigh``): real thighs without labels (Dixon echo
+  at 4.60 ms, first MESE echo, MT-off); ``real-calf``: real calves without
+  labels (Siemens 3D Dixon echo at 4.60 ms, first GE MEGRE echo): overlay
+  montages in docs/figures and left/right volumes.
 * ``phantom``: 4 phantom participants (seeds ``[2000, k]``), T1w.
 
 Usage::
@@ -30,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -117,15 +118,19 @@ def calf_lolo(model_dir: Path, network: str = "unet2d") -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def real_thighs(model_name: str, model_dir: Path, figures: Path | None) -> pd.DataFrame:
+def real_legs(model_name: str, model_dir: Path, figures: Path | None) -> pd.DataFrame:
+    """Unlabelled real scans of the model's region: volumes per side and
+    overlay montages."""
     model, card = load_model(model_name, model_dir)
-    table = load_label_table("thigh")
+    table = load_label_table(card.region)
     cases = {}
-    dixon = nib.load(str(sources.DATA / "thigh_dixon_siemens" / "0008-Dixon_TE_460_th.nii.gz"))
-    cases["thigh_dixon_siemens (in-phase 4.60 ms)"] = (np.asarray(dixon.dataobj).astype(np.float32), dixon.affine)
-    cases["thigh_mese_siemens_dicom (echo 1)"] = sources.dicom_first_echo("thigh_mese_siemens_dicom")
-    mt = nib.load(str(sources.DATA / "thigh_mt" / "mt_off.nii.gz"))
-    cases["thigh_mt (MT off)"] = (np.asarray(mt.dataobj).astype(np.float32), mt.affine)
+    if card.region == "thigh":
+        cases["thigh_dixon_siemens (TE 4.60 ms)"] = sources.nifti("thigh_dixon_siemens/0008-Dixon_TE_460_th.nii.gz")
+        cases["thigh_mese_siemens_dicom (echo 1)"] = sources.dicom_first_echo("thigh_mese_siemens_dicom")
+        cases["thigh_mt (MT off)"] = sources.nifti("thigh_mt/mt_off.nii.gz")
+    else:
+        cases["calf_dixon3d_siemens (TE 4.60 ms)"] = sources.nifti("calf_dixon3d_siemens/0028-dix3d_TR23_448m_fa05_460.nii.gz")
+        cases["calf_megre_ge_dicom (echo 1)"] = sources.dicom_first_echo("calf_megre_ge_dicom")
     rows = []
     for name, (image, affine) in cases.items():
         if image.ndim == 4:
@@ -138,15 +143,15 @@ def real_thighs(model_name: str, model_dir: Path, figures: Path | None) -> pd.Da
             if lab.side != "right" or lab.index not in card.labels:
                 continue
             right = np.count_nonzero(dseg == lab.index) * voxel_ml
-            left = np.count_nonzero(dseg == lab.index + 20) * voxel_ml
+            left = np.count_nonzero(dseg == lab.index + sources.LEFT_OFFSET) * voxel_ml
             rows.append({"image": name, "muscle": lab.muscle, "abbreviation": lab.abbreviation.rsplit("_", 1)[0],
                          "right_ml": right, "left_ml": left, "seconds": seconds})
         if figures is not None:
-            _montage(image, affine, dseg, figures / f"seg_{name.split(' ')[0]}_{model_name}.png", name)
+            _montage(image, affine, dseg, figures / f"seg_{name.split(' ')[0]}_{model_name}.png", name, card.region)
     return pd.DataFrame(rows)
 
 
-def _montage(image: np.ndarray, affine: np.ndarray, dseg: np.ndarray, path: Path, title: str) -> None:
+def _montage(image: np.ndarray, affine: np.ndarray, dseg: np.ndarray, path: Path, title: str, region: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +163,7 @@ def _montage(image: np.ndarray, affine: np.ndarray, dseg: np.ndarray, path: Path
     dseg_ras, _, _ = reorient_to_ras(dseg, affine)
     nz = image_ras.shape[2]
     picks = np.unique(np.linspace(0.2 * (nz - 1), 0.8 * (nz - 1), 3).round().astype(int))
-    colours = {lab.index: lab.color for lab in load_label_table("thigh")}
+    colours = {lab.index: lab.color for lab in load_label_table(region)}
     lut = np.zeros((max(colours) + 1, 4))
     for index, colour in colours.items():
         lut[index] = matplotlib.colors.to_rgba(colour, 0.45)
@@ -262,11 +267,13 @@ def main() -> None:
                   + ", ".join(f"{c} {v:.3f}" for c, v in result.groupby("contrast")["dice_strict"].mean().items()))
             result["muscle"] = result["abbreviation"].str.rsplit("_", n=1).str[0]
             print(summary(result, ["muscle"]).to_string())
-        if "real" in args.tasks:
-            result = real_thighs(f"thigh_{network}", args.models, args.figures)
-            save(result, f"real_thighs_{network}")
+        for region in ("thigh", "calf"):
+            if f"real-{region}" not in args.tasks and not (region == "thigh" and "real" in args.tasks):
+                continue
+            result = real_legs(f"{region}_{network}", args.models, args.figures)
+            save(result, f"real_{region}_{network}")
             result["diff_percent"] = 200 * (result["right_ml"] - result["left_ml"]) / (result["right_ml"] + result["left_ml"])
-            print(f"\n## thigh_{network}: real thighs, volumes per side")
+            print(f"\n## {region}_{network}: real scans without labels, volumes per side")
             print(result.round(1).to_string())
             totals = result.groupby("image")[["right_ml", "left_ml"]].sum()
             totals["diff_percent"] = 200 * (totals["right_ml"] - totals["left_ml"]) / (totals["right_ml"] + totals["left_ml"])

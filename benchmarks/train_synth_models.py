@@ -37,6 +37,7 @@ from bids_muscle.seg import synth
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.train import (
+    Augmentation,
     LegVolume,
     prepare_leg_volumes,
     train_region_classifier,
@@ -258,7 +259,7 @@ def two_leg_volume(legs, region, family, seed) -> tuple[np.ndarray, np.ndarray]:
     return image, affine
 
 
-def _nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
+def nifti(path: str) -> tuple[np.ndarray, np.ndarray]:
     image = nib.load(str(DATA / path))
     data = np.asarray(image.dataobj).astype(np.float32)
     return (data[..., 0] if data.ndim == 4 else data), image.affine
@@ -281,17 +282,17 @@ def real_region_images(split: str) -> list[tuple[str, str, np.ndarray, np.ndarra
     out = []
     if split == "train":
         out += [(f"calf_mese_philips {n}", "calf", *v) for n, v in calf_images().items()]
-        out += [(f"thigh_dixon_siemens {p}", "thigh", *_nifti(f"thigh_dixon_siemens/{p}-Dixon_TE_{te}_th.nii.gz"))
+        out += [(f"thigh_dixon_siemens {p}", "thigh", *nifti(f"thigh_dixon_siemens/{p}-Dixon_TE_{te}_th.nii.gz"))
                 for p, te in (("0006", 345), ("0008", 460), ("0010", 575))]  # magnitudes
-        out += [(f"thigh_mt {p}", "thigh", *_nifti(f"thigh_mt/{p}.nii.gz")) for p in ("mt_off", "mt_on")]
+        out += [(f"thigh_mt {p}", "thigh", *nifti(f"thigh_mt/{p}.nii.gz")) for p in ("mt_off", "mt_on")]
         return out
-    out += [(f"calf_dixon3d_siemens {p.name[:4]}", "calf", *_nifti(f"calf_dixon3d_siemens/{p.name}"))
+    out += [(f"calf_dixon3d_siemens {p.name[:4]}", "calf", *nifti(f"calf_dixon3d_siemens/{p.name}"))
             for p in sorted((DATA / "calf_dixon3d_siemens").glob("*.nii.gz"))]
     out.append(("calf_megre_ge_dicom", "calf", *dicom_first_echo("calf_megre_ge_dicom")))
     out.append(("thigh_mese_siemens_dicom", "thigh", *dicom_first_echo("thigh_mese_siemens_dicom")))
-    out += [(f"thigh_t2_se2echo {p}", "thigh", *_nifti(f"thigh_t2_se2echo/{p}.nii.gz")) for p in ("t2_te16ms",)]
-    out += [(f"thigh_b1_dam {p}", "thigh", *_nifti(f"thigh_b1_dam/{p}.nii.gz")) for p in ("se_fa060",)]
-    out += [(f"thigh_dixon_ge_masked {p.name[:5]}", "thigh", *_nifti(f"thigh_dixon_ge_masked/{p.name}"))
+    out += [(f"thigh_t2_se2echo {p}", "thigh", *nifti(f"thigh_t2_se2echo/{p}.nii.gz")) for p in ("t2_te16ms",)]
+    out += [(f"thigh_b1_dam {p}", "thigh", *nifti(f"thigh_b1_dam/{p}.nii.gz")) for p in ("se_fa060",)]
+    out += [(f"thigh_dixon_ge_masked {p.name[:5]}", "thigh", *nifti(f"thigh_dixon_ge_masked/{p.name}"))
             for p in sorted((DATA / "thigh_dixon_ge_masked").glob("4*.nii.gz"))]
     return out
 
@@ -341,6 +342,10 @@ def main() -> None:
     parser.add_argument("--init-from", help="model card (path) whose weights start the training")
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=15)
+    parser.add_argument("--group-weights", type=float, nargs="+",
+                        help="share of each anatomy source (thigh: Huashan MuscleMap phantom, default 0.6 0.25 0.15; "
+                             "calf: QMRITools-synthetic phantom QMRITools-real, default 0.35 0.3 0.35)")
+    parser.add_argument("--rotation-deg", type=float, default=10.0, help="largest in-plane rotation of the augmentation")
     parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
     args = parser.parse_args()
     if args.model == "region_classifier":
@@ -368,13 +373,21 @@ def main() -> None:
     target = "muscleregion" if kind == "muscleregion" else "muscles"
     t0 = time.time()
     labels, groups, weights, val, data = build(region, args.calf_legs, args.seed)
-    if target == "muscleregion":
+    if args.group_weights:
+        if len(args.group_weights) != len(groups):
+            parser.error(f"--group-weights needs {len(groups)} values for the {region}")
+        weights = args.group_weights
+    if target == "muscleregion":  # real labelled legs say nothing of the fascia: synthesis only
+        keep = [k for k, group in enumerate(groups) if not any(isinstance(leg, LegVolume) for leg in group)]
+        groups, weights = [groups[k] for k in keep], [weights[k] for k in keep]
         for leg in val:
             leg.classes = (leg.classes != 0).astype(np.int64)
     print(f"sources ready in {time.time() - t0:.0f} s: {[len(g) for g in groups]} legs, {len(val)} validation legs", flush=True)
     what = "the muscle region (inside the fascia, without bone)" if target == "muscleregion" else f"the {region} muscles"
     description = (f"{architecture} for {what}, trained on images synthesised from real label maps with random contrast, "
                    "fat infiltration, bias field, noise, resolution and deformation (bids_muscle.seg.synth); any contrast.")
+    if region == "calf" and target == "muscles":
+        description += " Real labelled slices of the QMRITools calf images (randomly degraded) are mixed in."
     if target == "muscleregion":
         description += " Output class 1 is the muscle region; the label listed is a placeholder for it."
     result = train_synthetic_model(
@@ -383,7 +396,7 @@ def main() -> None:
         arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region], patch_size=PATCH[region],
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
-        lr_patience=args.lr_patience, learning_rate=args.learning_rate, init_from=args.init_from,
+        lr_patience=args.lr_patience, augmentation=Augmentation(rotation_deg=args.rotation_deg), learning_rate=args.learning_rate, init_from=args.init_from,
         training_data=data, licence="Apache-2.0", description=description,
         time_limit_s=args.minutes * 60, num_threads=args.threads,
         progress=lambda r: print(f"epoch {r['epoch']} loss {r['train_loss']:.3f} val Dice {r['val_dice']:.3f} "
