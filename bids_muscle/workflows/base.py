@@ -132,7 +132,7 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     )
     if rin.region_probabilities is not None:
         workflow.__desc__ = (
-            f"The images carried no `acq-<region>` entity; a thigh/calf classifier (after Agosti et al. 2021) "
+            f"The images carried no acq-<region> entity; a thigh/calf classifier (after Agosti et al. 2021) "
             f"applied to the anatomical reference called them {rin.region} "
             f"(probability {rin.region_probabilities[rin.region]:.2f}). " + workflow.__desc__
         )
