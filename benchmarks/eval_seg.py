@@ -43,7 +43,7 @@ from bids_muscle.phantom import anatomy, signals
 from bids_muscle.seg import synth
 from bids_muscle.seg.infer import resample_labels, segment
 from bids_muscle.seg.labels import load_label_table
-from bids_muscle.seg.legs import voxel_sizes
+from bids_muscle.seg.legs import side_labels, voxel_sizes
 from bids_muscle.seg.zoo import load_model
 from bids_muscle.stats.agreement import compare_segmentations
 
@@ -98,16 +98,16 @@ def calf_lolo(model_dir: Path, network: str = "unet2d") -> pd.DataFrame:
     table = {lab.index: lab for lab in load_label_table("calf")}
     images = {name: value for name, value in sources.calf_images().items() if name in CALF_TEST_CONTRASTS}
     rows = []
-    for trained, tested, side_offset in (("odd", "even", 0), ("even", "odd", sources.LEFT_OFFSET)):
+    for trained, tested, side, other_side in (("odd", "even", "right", "left"), ("even", "odd", "left", "right")):
         model, card = load_model(f"calf_{network}_lolo_{trained}", model_dir)
         truth, dti_affine = sources.calf_truth(tested)
-        labels = sorted({index + side_offset for index in sources.QMRI_CALF.values()})
+        labels = sorted(set(side_labels(np.array(list(sources.QMRI_CALF.values())), "calf", side).tolist()))
         for contrast, (image, affine) in images.items():
             truth_grid = resample_labels(truth, dti_affine, image.shape, affine)
             t0 = time.monotonic()
             dseg = segment(image, affine, model, card, num_threads=2)["dseg"]
             seconds = time.monotonic() - t0
-            other_leg = np.isin(dseg, [i + (sources.LEFT_OFFSET - side_offset) for i in table if table[i].side == "right"])
+            other_leg = np.isin(dseg, [i for i in table if table[i].side == other_side])
             dseg = np.where(other_leg, 0, dseg)
             spacing = voxel_sizes(affine)
             unlabelled = synth.mark_unlabelled(truth_grid, float(spacing[0])) == synth.IGNORE
@@ -143,7 +143,7 @@ def real_legs(model_name: str, model_dir: Path, figures: Path | None) -> pd.Data
             if lab.side != "right" or lab.index not in card.labels:
                 continue
             right = np.count_nonzero(dseg == lab.index) * voxel_ml
-            left = np.count_nonzero(dseg == lab.index + sources.LEFT_OFFSET) * voxel_ml
+            left = np.count_nonzero(dseg == int(side_labels(np.array([lab.index]), card.region, "left")[0])) * voxel_ml
             rows.append({"image": name, "muscle": lab.muscle, "abbreviation": lab.abbreviation.rsplit("_", 1)[0],
                          "right_ml": right, "left_ml": left, "seconds": seconds})
         if figures is not None:

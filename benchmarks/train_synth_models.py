@@ -36,6 +36,7 @@ from bids_muscle.phantom import anatomy, signals
 from bids_muscle.seg import synth
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
+from bids_muscle.seg.legs import side_labels
 from bids_muscle.seg.train import (
     Augmentation,
     LegVolume,
@@ -62,8 +63,6 @@ MUSCLEMAP_THIGH = {710: 3, 711: 4, 712: 5, 713: 2, 714: 1, 715: 9, 716: 13, 717:
 MUSCLEMAP_BONES = (6171, 6172, 8151, 8152, 8161, 8162, 6151, 6152, 6160)
 #: QMRITools calf labels -> calf table index (odd: subject's left leg by the DTI affine, even: right).
 QMRI_CALF = {13: 41, 14: 41, 15: 42, 16: 42, 17: 43, 18: 43, 19: 44, 20: 44, 21: 46, 22: 46, 23: 47, 24: 47, 25: 45, 26: 45}
-#: Left-side index minus right-side index in the label tables.
-LEFT_OFFSET = 20
 VOXEL_MM = {"thigh": (2.0, 2.0), "calf": (1.5, 1.5)}
 PATCH = {"thigh": (112, 112), "calf": (112, 112)}
 
@@ -160,7 +159,8 @@ def calf_truth(parity: str) -> tuple[np.ndarray, np.ndarray]:
     truth = np.zeros(codes.shape, np.int16)
     for code, index in QMRI_CALF.items():
         if parity == "both" or (code % 2 == 1) == (parity == "odd"):
-            truth[codes == code] = index + (LEFT_OFFSET if code % 2 == 1 else 0)
+            truth[codes == code] = index
+    truth = np.where(codes % 2 == 1, side_labels(truth, "calf", "left"), truth).astype(np.int16)
     return truth, affine
 
 

@@ -238,11 +238,13 @@ def load_model(card_path_or_name: str | Path, model_dir: str | Path | None = Non
     return network, card
 
 
-def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path) -> Path:
+def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path, half_precision: bool = False) -> Path:
     """Write ``<name>.pt`` and ``<name>.json`` into ``out_dir``.
 
     The card is completed with the weights file name and its sha256 (the
     ``card`` object is updated in place). Returns the card path.
+    ``half_precision`` stores floating-point weights as float16 (half the
+    file size; :func:`load_model` casts them back to the network's float32).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -252,6 +254,8 @@ def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path) -> Path:
         raise ValueError(f"module does not match the card architecture {card.architecture!r}: {error}") from None
     weights = out_dir / f"{card.name}.pt"
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+    if half_precision:
+        state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     torch.save(state, weights)
     card.weights_file = weights.name
     card.sha256 = sha256_file(weights)

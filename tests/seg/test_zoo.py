@@ -110,3 +110,18 @@ def test_save_refuses_a_module_that_does_not_match_the_card(tmp_path):
     other = build_network("unet2d", **{**ARGS, "base_features": 8})
     with pytest.raises(ValueError, match="does not match"):
         save_model(other, make_card(), tmp_path)
+
+
+def test_half_precision_weights_are_half_the_size_and_load_as_float32(saved, tmp_path):
+    net, card_path = saved
+    half_path = save_model(net, make_card("thigh_half"), tmp_path / "half", half_precision=True)
+    stored = torch.load(tmp_path / "half" / "thigh_half.pt", weights_only=True)
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    # a tiny network: the file's fixed overhead keeps the ratio above one half
+    assert (tmp_path / "half" / "thigh_half.pt").stat().st_size < 0.7 * (tmp_path / "thigh_test.pt").stat().st_size
+    loaded, _ = load_model(half_path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.randn(2, 1, 19, 23)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x), atol=2e-2, rtol=2e-2)
