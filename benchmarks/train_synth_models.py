@@ -19,7 +19,7 @@ Usage::
     python benchmarks/train_synth_models.py OUT_DIR --model thigh_unet2d [--minutes 30] [--seed 0]
     python benchmarks/train_synth_models.py OUT_DIR --model calf_unet2d --calf-legs odd   # leave-one-leg-out
 
-Models: ``<region>_<architecture>`` (unet2d, hrnet, transunet) and
+Models: ``<region>_<architecture>`` (unet2d, unet3d, hrnet, transunet) and
 ``<region>_muscleregion`` (binary muscle region, U-Net 2D).
 """
 
@@ -65,6 +65,8 @@ MUSCLEMAP_BONES = (6171, 6172, 8151, 8152, 8161, 8162, 6151, 6152, 6160)
 QMRI_CALF = {13: 41, 14: 41, 15: 42, 16: 42, 17: 43, 18: 43, 19: 44, 20: 44, 21: 46, 22: 46, 23: 47, 24: 47, 25: 45, 26: 45}
 VOXEL_MM = {"thigh": (2.0, 2.0), "calf": (1.5, 1.5)}
 PATCH = {"thigh": (112, 112), "calf": (112, 112)}
+#: Training block (H, W, slices) of the 3D networks; they keep the native slices.
+BLOCK = {"thigh": (112, 112, 8), "calf": (112, 112, 8)}
 
 
 def huashan_maps(names=None) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -329,7 +331,7 @@ def region_classifier_data(seed: int = 0):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--model", required=True, help="<region>_<unet2d|hrnet|transunet|muscleregion>")
+    parser.add_argument("--model", required=True, help="<region>_<unet2d|unet3d|hrnet|transunet|muscleregion>")
     parser.add_argument("--calf-legs", default="both", choices=["both", "odd", "even"], help="QMRITools legs used (calf)")
     parser.add_argument("--name", help="model name (default: --model)")
     parser.add_argument("--minutes", type=float, default=30.0)
@@ -347,6 +349,7 @@ def main() -> None:
                              "calf: QMRITools-synthetic phantom QMRITools-real, default 0.35 0.3 0.35)")
     parser.add_argument("--rotation-deg", type=float, default=10.0, help="largest in-plane rotation of the augmentation")
     parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
+    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
     args = parser.parse_args()
     if args.model == "region_classifier":
         t0 = time.time()
@@ -393,7 +396,8 @@ def main() -> None:
     result = train_synthetic_model(
         groups, region, architecture, args.out_dir,
         label_indices=labels, val_legs=val, group_weights=weights, name=args.name or args.model,
-        arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region], patch_size=PATCH[region],
+        arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region],
+        patch_size=BLOCK[region] if architecture == "unet3d" else PATCH[region], half_precision=args.half,
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
         lr_patience=args.lr_patience, augmentation=Augmentation(rotation_deg=args.rotation_deg), learning_rate=args.learning_rate, init_from=args.init_from,

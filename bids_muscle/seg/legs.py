@@ -210,7 +210,7 @@ def split_legs(
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape}")
     if not mask.any():
         return []
-    split = _find_split(mask, axis, stack_axis)
+    split = _find_split(mask, axis, stack_axis, voxel_sizes(affine))
     n = image.shape[axis]
     halves = [(0, n)] if split is None else [(0, split), (split, n)]
     margins = np.ceil(margin_mm / voxel_sizes(affine)).astype(int)
@@ -244,13 +244,16 @@ def split_legs(
     return sorted(crops, key=lambda c: c.side != "right")
 
 
-def _find_split(mask: np.ndarray, axis: int, stack_axis: int) -> int | None:
+def _find_split(mask: np.ndarray, axis: int, stack_axis: int, voxel_mm: np.ndarray) -> int | None:
     """Index along ``axis`` where the volume is cut between the two legs, or
     None when only one leg is present.
 
     The left-right profile is the median over slices of each slice's
     profile, so that proximal slices where the thighs touch (or the
-    perineum joins them) do not fill the valley between the legs.
+    perineum joins them) do not fill the valley between the legs. A body
+    more than 1.7 times as wide as it is deep is two legs even without a
+    valley (reference vials or pads between the legs fill it): it is cut at
+    the profile's lowest point in its central 60 %.
     """
     others = tuple(a for a in range(3) if a != axis)
     ap_axis = next(a for a in others if a != stack_axis)
@@ -284,9 +287,14 @@ def _find_split(mask: np.ndarray, axis: int, stack_axis: int) -> int | None:
     split = int(search[np.argmin(smooth[search])])
     valley = smooth[split]
     peaks = min(smooth[low:split].max(initial=0.0), smooth[split:high + 1].max(initial=0.0))
-    if valley < 0.5 * peaks:
+    wide = width * voxel_mm[axis] > _TWO_LEGS_ASPECT * profile.max() * voxel_mm[ap_axis]
+    if valley < 0.5 * peaks or wide:
         return split
     return None
+
+
+#: Width / depth above which a body mask is two legs (one leg is at most about 1.3).
+_TWO_LEGS_ASPECT = 1.7
 
 
 @lru_cache(maxsize=None)

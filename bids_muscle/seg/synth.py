@@ -25,7 +25,8 @@ images:
    random, with the training target: muscle classes, ``IGNORE`` where the
    source does not say (unlabelled tissue inside the fascia of maps that
    label only some muscles) and the muscle region (everything inside the
-   fascia except bone).
+   fascia except bone). :func:`synthesise_block` does the same for a block
+   of slices (3D networks).
 
 Elastic and affine deformation are applied to whole batches during training
 (:func:`bids_muscle.seg.train.augment_batch`).
@@ -482,14 +483,18 @@ def render_tissues(
 
 
 def degrade(image: np.ndarray, rng: np.random.Generator, settings: SynthesisSettings | None = None) -> np.ndarray:
-    """Random point spread, in-plane resolution loss, bias field and Rician noise."""
+    """Random point spread, in-plane resolution loss, bias field and Rician
+    noise of a slice (H, W) or a block (H, W, Z); the point spread and the
+    resolution loss are in-plane only."""
     settings = settings or SynthesisSettings()
-    out = ndimage.gaussian_filter(image, rng.uniform(*settings.psf_sigma_vox))
+    flat = [1.0] * (image.ndim - 2)
+    sigma = rng.uniform(*settings.psf_sigma_vox)
+    out = ndimage.gaussian_filter(image, [sigma, sigma] + [0.0] * len(flat))
     if rng.uniform() < settings.downsample_probability:
         factor = rng.uniform(*settings.downsample)
-        small = ndimage.zoom(out, 1.0 / factor, order=1, grid_mode=True, mode="nearest")
+        small = ndimage.zoom(out, [1.0 / factor] * 2 + flat, order=1, grid_mode=True, mode="nearest")
         out = ndimage.zoom(small, [a / b for a, b in zip(out.shape, small.shape)], order=1, grid_mode=True, mode="nearest")
-        out = out[: image.shape[0], : image.shape[1]]
+        out = out[tuple(slice(0, n) for n in image.shape)]
         if out.shape != image.shape:
             out = np.pad(out, [(0, a - b) for a, b in zip(image.shape, out.shape)], mode="edge")
     bias = np.exp(rng.uniform(*settings.bias_strength) * _smooth_noise(out.shape, rng, out.shape[0] / 3.0))
@@ -556,18 +561,98 @@ def synthesise_patch(
         images.append(render_tissues(tissue, classes_k, contrast, rng, voxel))
     image = degrade(np.mean(images, axis=0), rng, settings)
     classes = extract_box(leg.classes[..., z], crop, patch_shape, 0)
-    lut = {label: position + 1 for position, label in enumerate(muscle_labels)}
-    target = np.zeros(classes.shape, np.int64)
-    for label, value in lut.items():
-        target[classes == label] = value
-    if not leg.complete:
-        target[tissue_centre == UNLABELLED] = IGNORE
-    target[classes == UNLABELLED_MUSCLE] = IGNORE
-    region_mask = np.isin(tissue_centre, (MUSCLE, IM_FAT, UNLABELLED, FASCIA)) & (tissue_centre != FASCIA)
-    region_mask |= (tissue_centre == FASCIA) & (classes != 0)
+    target = slice_target(classes, tissue_centre, muscle_labels, leg.complete)
+    region_mask = _muscle_region(tissue_centre, classes)
     body = tissue_centre != BACKGROUND
     image = robust_normalise(image, body)
     return SyntheticPatch(image=image, classes=target, muscle_region=region_mask, tissue=tissue_centre, contrast=contrast.family)
+
+
+def _muscle_region(tissue: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Everything inside the fascia except bone (labelled muscle on the fascia ring included)."""
+    return np.isin(tissue, (MUSCLE, IM_FAT, UNLABELLED)) | ((tissue == FASCIA) & (classes != 0))
+
+
+def slice_target(classes: np.ndarray, tissue: np.ndarray, label_indices: Sequence[int], complete: bool) -> np.ndarray:
+    """Training classes of a synthetic slice: position in ``label_indices``
+    + 1 for each muscle, 0 elsewhere, ``IGNORE`` on muscles outside the table
+    and, for incompletely labelled sources, on unlabelled tissue inside the
+    fascia."""
+    target = np.zeros(classes.shape, np.int64)
+    for position, label in enumerate(label_indices):
+        target[classes == label] = position + 1
+    if not complete:
+        target[tissue == UNLABELLED] = IGNORE
+    target[classes == UNLABELLED_MUSCLE] = IGNORE
+    return target
+
+
+def synthesise_block(
+    leg: LegAnatomy,
+    z_start: int,
+    depth: int,
+    step: int,
+    region: str,
+    label_indices: Sequence[int],
+    patch_shape: Sequence[int],
+    rng: np.random.Generator,
+    settings: SynthesisSettings | None = None,
+    family: str | None = None,
+) -> SyntheticPatch:
+    """Synthesise a 3D training block of ``leg`` (for 3D networks).
+
+    The block holds ``depth`` slices, every ``step``-th source slice from
+    ``z_start`` (a coarser slice spacing for sources with thin slices), all
+    with one contrast and one draw of the missing tissues, each averaged
+    over a random slice thickness, cropped at random in-plane to
+    ``patch_shape`` (H, W) and normalised inside the body as at inference.
+    Slices past the ends of the leg are background and ``IGNORE``: short
+    sources fill part of a block. ``muscle_region`` and ``tissue`` are
+    (H, W, depth) like ``image`` and ``classes``.
+    """
+    settings = settings or SynthesisSettings()
+    nz = leg.classes.shape[2]
+    centres = [z_start + k * step for k in range(depth)]
+    inside = [z for z in centres if 0 <= z < nz]
+    crop = random_crop(leg.classes.shape[:2], patch_shape, (leg.classes[..., inside] != 0).any(axis=2), rng)
+    muscle_labels = [int(i) for i in label_indices]
+    contrast = draw_contrast(muscle_labels, rng, settings, family)
+    subcut = rng.uniform(*settings.subcut_fat_mm)
+    tissue_seed = int(rng.integers(2**31))
+    # slice thickness up to the block's slice spacing
+    half = int(min(3, step // 2, max(0, round((rng.uniform(*settings.slice_mm) / leg.voxel_mm[2] - 1) / 2))))
+    voxel = leg.voxel_mm[0]
+    shape = tuple(int(p) for p in patch_shape)
+    rendered: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def render(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if k not in rendered:
+            classes_k = extract_box(leg.classes[..., k], crop, shape, 0)
+            bone_k = None if leg.bone is None else extract_box(leg.bone[..., k], crop, shape, False)
+            # one seed for every slice: the same fat thickness, fascia and bone draws
+            tissue = complete_tissues(classes_k, region, voxel, np.random.default_rng(tissue_seed), settings, bone_k,
+                                      leg.complete, subcut)
+            rendered[k] = (classes_k, tissue, render_tissues(tissue, classes_k, contrast, rng, voxel))
+        return rendered[k]
+
+    images, targets, regions, tissues = [], [], [], []
+    for z in centres:
+        if not 0 <= z < nz:
+            images.append(np.full(shape, contrast.means[BACKGROUND], np.float32))
+            targets.append(np.full(shape, IGNORE, np.int64))
+            regions.append(np.zeros(shape, bool))
+            tissues.append(np.zeros(shape, np.uint8))
+            continue
+        classes, tissue, _ = render(z)
+        images.append(np.mean([render(k)[2] for k in range(z - half, z + half + 1) if 0 <= k < nz], axis=0))
+        targets.append(slice_target(classes, tissue, muscle_labels, leg.complete))
+        regions.append(_muscle_region(tissue, classes))
+        tissues.append(tissue)
+    tissue = np.stack(tissues, axis=-1)
+    image = degrade(np.stack(images, axis=-1), rng, settings)
+    image = robust_normalise(image, tissue != BACKGROUND)
+    return SyntheticPatch(image=image, classes=np.stack(targets, axis=-1), muscle_region=np.stack(regions, axis=-1),
+                          tissue=tissue, contrast=contrast.family)
 
 
 def random_crop(
@@ -628,13 +713,7 @@ def synthesise_volume(
         )
         image = render_tissues(tissue, leg.classes[..., z], contrast, slice_rng, leg.voxel_mm[0])
         images.append(degrade(image, np.random.default_rng([contrast_seed, 0]), settings))
-        target = np.zeros(shape, np.int64)
-        for position, label in enumerate(label_indices):
-            target[leg.classes[..., z] == label] = position + 1
-        if not leg.complete:
-            target[tissue == UNLABELLED] = IGNORE
-        target[leg.classes[..., z] == UNLABELLED_MUSCLE] = IGNORE
-        targets.append(target)
+        targets.append(slice_target(leg.classes[..., z], tissue, label_indices, leg.complete))
     volume = np.stack(images, axis=-1)
     body = ndimage.binary_dilation(leg.classes != 0, iterations=3)
     return robust_normalise(volume, body), np.stack(targets, axis=-1)

@@ -552,11 +552,29 @@ def _default_patch(legs: Sequence[LegVolume], spatial_dims: int, stride: Sequenc
 
 def _load_matching(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy parameters whose names and shapes match (fine-tuning to another
-    label set re-initialises only the output layer)."""
+    label set re-initialises only the output layer).
+
+    2D weights also start a 3D network of the same layout (a U-Net 2D a
+    U-Net 3D): a 3x3 kernel becomes a 3x3x1 kernel or the central slice of a
+    3x3x3 one (the other slices zero), and transposed-convolution kernels are
+    repeated along the slice axis (nearest upsampling), so the 3D network
+    starts as the 2D one applied slice by slice."""
     own = network.state_dict()
+    transposed = {f"{name}.weight" for name, module in network.named_modules() if isinstance(module, nn.ConvTranspose3d)}
     for key, value in state.items():
-        if key in own and own[key].shape == value.shape:
+        if key not in own:
+            continue
+        target = own[key]
+        if target.shape == value.shape:
             own[key] = value
+        elif target.ndim == value.ndim + 1 and target.shape[:-1] == value.shape:
+            depth = target.shape[-1]
+            if key in transposed:
+                own[key] = value.unsqueeze(-1).repeat((1,) * value.ndim + (depth,))
+            else:
+                inflated = torch.zeros_like(target)
+                inflated[..., depth // 2] = value
+                own[key] = inflated
     network.load_state_dict(own)
 
 
@@ -855,10 +873,15 @@ class SyntheticPool:
 
     Legs are drawn by source group (``weights``), then a slice at random, then
     a fresh random contrast (:func:`bids_muscle.seg.synth.synthesise_patch`).
+    A ``patch`` of three sizes (H, W, Z) makes 3D blocks instead
+    (:func:`bids_muscle.seg.synth.synthesise_block`): Z consecutive slices
+    of sources with slices of 3 mm or more, or every k-th slice of thinner
+    ones for a random spacing in ``settings.slice_mm``.
     A group may also hold real labelled legs (:class:`LegVolume`, normalised
     image and classes on the model grid, ``IGNORE`` where unknown): their
-    slices are cropped at random and degraded
-    (:func:`bids_muscle.seg.synth.degrade`) half of the time.
+    slices (blocks) are cropped at random and degraded
+    (:func:`bids_muscle.seg.synth.degrade`) half of the time; slices without
+    labels in a real block are ignored.
     ``target`` is ``"muscles"`` (classes) or ``"muscleregion"`` (1 inside the
     fascia except bone, 0 elsewhere; synthetic legs only).
     """
@@ -869,7 +892,7 @@ class SyntheticPool:
         weights: Sequence[float],
         region: str,
         label_indices: Sequence[int],
-        patch: tuple[int, int],
+        patch: tuple[int, ...],
         size: int,
         rng: np.random.Generator,
         settings: Any = None,
@@ -894,23 +917,45 @@ class SyntheticPool:
         group = self.groups[int(self.rng.choice(len(self.groups), p=self.weights))]
         leg = group[int(self.rng.integers(len(group)))]
         if isinstance(leg, LegVolume):
-            return self._real_slice(leg)
-        z = int(self.rng.integers(leg.classes.shape[2]))
-        sample = synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
+            return self._real_sample(leg)
+        nz = leg.classes.shape[2]
+        if len(self.patch) == 2:
+            z = int(self.rng.integers(nz))
+            sample = synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
+        else:
+            depth = self.patch[2]
+            spacing = (self.settings or synth.SynthesisSettings()).slice_mm
+            dz = float(leg.voxel_mm[2])
+            step = 1 if dz >= spacing[0] else int(self.rng.integers(max(1, round(spacing[0] / dz)), max(1, int(spacing[1] / dz)) + 1))
+            z_start = self._block_start(nz, depth, step)
+            sample = synth.synthesise_block(leg, z_start, depth, step, self.region, self.label_indices, self.patch[:2],
+                                            self.rng, self.settings)
         if self.target == "muscleregion":
             return sample.image, sample.muscle_region.astype(np.int64)
         return sample.image, sample.classes
 
-    def _real_slice(self, leg: LegVolume) -> tuple[np.ndarray, np.ndarray]:
-        z = int(self.rng.choice(np.flatnonzero((leg.classes > 0).any(axis=(0, 1)))))
-        classes = leg.classes[..., z]
-        start = synth.random_crop(classes.shape, self.patch, classes > 0, self.rng)
-        image = leg.image[..., z]
+    def _block_start(self, nz: int, depth: int, step: int = 1) -> int:
+        """First slice of a block; blocks longer than the leg overhang one end at random."""
+        last = nz - 1 - (depth - 1) * step
+        return int(self.rng.integers(min(0, last), max(0, last) + 1))
+
+    def _real_sample(self, leg: LegVolume) -> tuple[np.ndarray, np.ndarray]:
+        labelled = (leg.classes > 0).any(axis=(0, 1))
+        depth = 1 if len(self.patch) == 2 else self.patch[2]
+        z = int(self.rng.choice(np.flatnonzero(labelled))) if depth == 1 else self._block_start(len(labelled), depth)
+        size = leg.classes.shape[:2] + (depth,)
+        image = extract_box(leg.image, (0, 0, z), size, float(np.percentile(leg.image, 1.0)))
+        classes = extract_box(leg.classes, (0, 0, z), size, 0)
+        unlabelled = ~extract_box(labelled, (z,), (depth,), False)
         if self.rng.uniform() < 0.5:
             body = image > 0.02
             image = robust_normalise(synth.degrade(image - image.min(), self.rng, self.settings), body)
-        return (extract_box(image, start, self.patch, float(np.percentile(image, 1.0))),
-                extract_box(classes, start, self.patch, 0).astype(np.int64))
+        start = synth.random_crop(size[:2], self.patch, (classes > 0).any(axis=2), self.rng) + (0,)
+        box = tuple(self.patch[:2]) + (depth,)
+        image = extract_box(image, start, box, float(np.percentile(image, 1.0)))
+        classes = extract_box(classes, start, box, 0).astype(np.int64)
+        classes[..., unlabelled] = synth.IGNORE
+        return (image[..., 0], classes[..., 0]) if depth == 1 else (image, classes)
 
     def redraw(self, indices: np.ndarray) -> None:
         for i in indices:
@@ -962,8 +1007,9 @@ def train_synthetic_model(
     time_limit_s: float | None = None,
     num_threads: int | None = None,
     progress: Progress | None = None,
+    half_precision: bool = False,
 ) -> TrainingResult:
-    """Train a 2D segmenter on images synthesised from label maps.
+    """Train a segmenter on images synthesised from label maps.
 
     Parameters
     ----------
@@ -971,7 +1017,9 @@ def train_synthetic_model(
         Canonical legs (:func:`bids_muscle.seg.synth.leg_anatomies`) grouped
         by source; a group is drawn with its ``group_weights`` share.
     region, architecture, out_dir
-        As in :func:`train_model` (2D architectures only).
+        As in :func:`train_model`. 3D networks (``unet3d``) train on blocks
+        of native slices and keep the native slice spacing at inference
+        (card voxel size z is null).
     label_indices : sequence of int
         Right-side indices in class order. For ``target="muscleregion"`` the
         single class 1 is the muscle region and the card lists the region's
@@ -981,7 +1029,8 @@ def train_synthetic_model(
     voxel_size_mm : sequence of float
         In-plane model voxel size of the anatomies.
     patch_size : sequence of int
-        Training slice size (H, W).
+        Training slice size (H, W), or block size (H, W, Z) for 3D networks
+        (also the card's sliding-window patch).
     target : str
         ``muscles`` or ``muscleregion``.
     pool_size, refresh_fraction
@@ -994,14 +1043,21 @@ def train_synthetic_model(
         Model (card path or name, looked up in ``model_dir`` then the
         package) whose matching weights start the training: continue a
         training, or start a calf model from the thigh one (the output layer
-        is re-initialised when the label sets differ).
+        is re-initialised when the label sets differ). A U-Net 2D may start
+        a U-Net 3D (its kernels inflated, see :func:`_load_matching`).
+    half_precision : bool
+        Store the weights as float16 (half the file size).
 
     Other parameters are those of :func:`train_model`.
     """
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
-    if architecture not in SEGMENTATION_NETWORKS or SPATIAL_DIMS[architecture] != 2:
-        raise ValueError(f"synthetic training supports the 2D networks, not {architecture!r}")
+    if architecture not in SEGMENTATION_NETWORKS:
+        raise ValueError(f"{architecture!r} is not a segmentation network")
+    spatial_dims = SPATIAL_DIMS[architecture]
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != spatial_dims:
+        raise ValueError(f"a {architecture} needs a patch of {spatial_dims} sizes, got {patch}")
     if target not in ("muscles", "muscleregion"):
         raise ValueError(f"target must be 'muscles' or 'muscleregion', got {target!r}")
     label_indices = [int(i) for i in label_indices]
@@ -1016,6 +1072,7 @@ def train_synthetic_model(
         labels=card_labels,
         input_contrast="any",
         voxel_size_mm=[float(voxel_size_mm[0]), float(voxel_size_mm[1]), None],
+        patch_size=list(patch) if spatial_dims == 3 else None,
         training_data=list(training_data or []),
         licence=licence,
         description=description,
@@ -1026,12 +1083,12 @@ def train_synthetic_model(
     network = build_network(architecture, **arguments)
     if init_from is not None:
         init_network, init_card = load_model(init_from, model_dir)
-        if init_card.architecture != architecture:
+        if init_card.architecture != architecture and (init_card.architecture, architecture) != ("unet2d", "unet3d"):
             raise ValueError(f"init_from model {init_card.name!r} is a {init_card.architecture!r}, not {architecture!r}")
         _load_matching(network, init_network.state_dict())
     weights = list(group_weights) if group_weights is not None else [1.0] * len(anatomy_groups)
     start = time.monotonic()
-    pool = SyntheticPool(anatomy_groups, weights, region, label_indices, tuple(int(p) for p in patch_size), pool_size, rng, settings, target)
+    pool = SyntheticPool(anatomy_groups, weights, region, label_indices, patch, pool_size, rng, settings, target)
     synthesis_s = time.monotonic() - start
     augmentation = augmentation or Augmentation()
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
@@ -1057,7 +1114,7 @@ def train_synthetic_model(
                 optimiser.step()
                 losses.append(float(loss.detach()))
             network.eval()
-            val_dice = masked_validation_dice(network, val_legs, 2, n_classes)
+            val_dice = masked_validation_dice(network, val_legs, spatial_dims, n_classes, patch)
             scheduler.step(val_dice)
             if val_dice > best_dice:
                 best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
@@ -1088,5 +1145,5 @@ def train_synthetic_model(
         "synthesis_s": round(synthesis_s, 1),
         "training_s": round(time.monotonic() - start, 1),
     }
-    card_path = save_model(network, card, out_dir)
+    card_path = save_model(network, card, out_dir, half_precision)
     return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)

@@ -126,6 +126,25 @@ def test_legs_joined_in_the_proximal_slices_are_still_split():
     np.testing.assert_array_equal(merge_legs(labels.shape, crops, canonical, "thigh"), labels)
 
 
+def test_legs_with_vials_between_them_are_split_between_the_legs():
+    """Reference vials that fill the gap between the calves (calf_megre_ge_dicom): no valley in the
+    profile, but a body 2.5 times as wide as it is deep is two legs."""
+    affine, shape = GRIDS["ras"]
+    affine = centred(affine, shape)
+    image, labels = synthetic_legs(shape, affine, np.random.default_rng(5))
+    x = affine[0, 0] * np.arange(shape[0]) + affine[0, 3]
+    y = affine[1, 1] * np.arange(shape[1]) + affine[1, 3]
+    vials = (np.abs(x)[:, None] <= 25.0) & (np.abs(y)[None, :] <= 25.0)
+    image[vials] = 1500.0
+    assert ndimage.label(body_mask(image, slice_axis=2))[1] == 1
+    crops = split_legs(image, affine)
+    assert [c.side for c in crops] == ["right", "left"]
+    canonical = [canonical_labels(c.extract(labels), "thigh") for c in crops]
+    np.testing.assert_array_equal(merge_legs(labels.shape, crops, canonical, "thigh"), labels)
+    one_leg = np.where((x > 0)[:, None, None], image, 0.0)  # one leg with the vials beside it: not split
+    assert [c.side for c in split_legs(one_leg, affine)] == ["right"]
+
+
 def test_mirrored_left_leg_looks_like_right_leg():
     affine, shape = GRIDS["radiological_las"]
     affine = centred(affine, shape)

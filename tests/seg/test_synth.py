@@ -11,7 +11,7 @@ import torch
 
 from bids_muscle.phantom import anatomy
 from bids_muscle.seg import synth
-from bids_muscle.seg.infer import muscle_region_mask
+from bids_muscle.seg.infer import muscle_region_mask, segment
 from bids_muscle.seg.train import (
     LegVolume,
     masked_dice_ce_loss,
@@ -174,8 +174,84 @@ def test_train_synthetic_model_writes_a_loadable_card(tmp_path):
     with pytest.raises(ValueError, match="not a muscle-region model"):
         muscle_region_mask(truth.pd, truth.affine, model, card=load_model(result.card_path)[1])
     assert masked_validation_dice(model, val, 2, 14) == pytest.approx(result.best_val_dice, abs=1e-6)
-    with pytest.raises(ValueError, match="2D networks"):
-        train_synthetic_model([legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=val)
+    with pytest.raises(ValueError, match="patch of 3 sizes"):
+        train_synthetic_model([legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=val, patch_size=(64, 64))
+
+
+def test_synthesise_block_keeps_the_anatomy_and_ignores_slices_past_the_leg():
+    leg = phantom_legs()[0]
+    block = synth.synthesise_block(leg, -1, 4, 1, "thigh", THIGH_RIGHT, (112, 112), np.random.default_rng(3))
+    again = synth.synthesise_block(leg, -1, 4, 1, "thigh", THIGH_RIGHT, (112, 112), np.random.default_rng(3))
+    assert np.array_equal(block.image, again.image)
+    assert block.image.shape == block.classes.shape == block.tissue.shape == (112, 112, 4)
+    assert np.all(block.classes[..., 0] == synth.IGNORE) and not block.muscle_region[..., 0].any()
+    for k in range(3):  # the leg fits in the patch: every muscle voxel of every slice is there
+        counts = np.bincount(block.classes[..., k + 1][block.classes[..., k + 1] > 0], minlength=14)
+        assert np.array_equal(counts[1:], [np.sum(leg.classes[..., k] == i) for i in THIGH_RIGHT])
+    # one draw of the missing tissues for the whole block: the same fat thickness on every slice
+    fat = [np.sum(block.tissue[..., k] == synth.SUBCUT_FAT) for k in range(1, 4)]
+    assert max(fat) < 1.5 * min(fat)
+
+
+def test_degrade_blurs_blocks_in_plane_only():
+    quiet = synth.SynthesisSettings(noise_fraction=(0.0, 0.0), bias_strength=(0.0, 0.0), psf_sigma_vox=(1.0, 1.0),
+                                    downsample_probability=1.0)
+    block = np.zeros((40, 40, 5), np.float32)
+    block[15:25, 15:25, 2] = 1.0
+    out = synth.degrade(block, np.random.default_rng(0), quiet)
+    assert out.shape == block.shape
+    assert np.abs(out[..., [0, 1, 3, 4]]).max() < 1e-6 and out[..., 2].max() > 0.5
+    assert out[12:28, 12:28, 2].sum() == pytest.approx(block.sum(), rel=0.1)
+
+
+def test_pool_draws_3d_blocks_and_ignores_unlabelled_real_slices():
+    from bids_muscle.seg.train import SyntheticPool
+
+    rng = np.random.default_rng(1)
+    classes = np.zeros((70, 70, 3), np.int64)
+    classes[20:50, 20:50, :2] = 4  # slice 2 carries no labels
+    real = LegVolume(image=(classes > 0).astype(np.float32) * 0.8 + 0.1, classes=classes, group=0)
+    pool = SyntheticPool([[real]], [1.0], "thigh", THIGH_RIGHT, (64, 64, 4), 6, rng)
+    assert tuple(pool.images.shape) == (6, 1, 64, 64, 4)
+    for block in pool.classes.numpy():
+        for k in range(4):
+            assert (block[..., k] == 4).sum() == 900 or np.all(block[..., k] == synth.IGNORE)
+    synthetic = SyntheticPool([phantom_legs()], [1.0], "thigh", THIGH_RIGHT, (64, 64, 4), 3, rng)
+    assert tuple(synthetic.classes.shape) == (3, 64, 64, 4) and (synthetic.classes > 0).any()
+
+
+def test_unet2d_weights_start_a_unet3d_as_the_2d_network_slice_by_slice():
+    from bids_muscle.seg.nets import build_network
+    from bids_muscle.seg.train import _load_matching
+
+    torch.manual_seed(0)
+    flat = build_network("unet2d", in_channels=1, n_classes=5, base_features=4).eval()
+    deep = build_network("unet3d", in_channels=1, n_classes=5, base_features=4)
+    _load_matching(deep, flat.state_dict())
+    deep.eval()
+    x = torch.randn(1, 1, 48, 48)
+    with torch.no_grad():
+        expected = flat(x)
+        got = deep(x[..., None].repeat(1, 1, 1, 1, 8))
+    assert torch.allclose(got, expected[..., None].expand_as(got), atol=1e-4)
+
+
+def test_train_synthetic_unet3d_writes_a_half_precision_card_that_segments(tmp_path):
+    legs = phantom_legs()
+    image, classes = synth.synthesise_volume(legs[0], "thigh", THIGH_RIGHT, np.random.default_rng(0), family="t1w")
+    result = train_synthetic_model(
+        [legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=[LegVolume(image, classes, 0)],
+        arguments={"base_features": 4}, patch_size=(48, 48, 4), pool_size=2, epochs=1, steps_per_epoch=1, batch_size=1,
+        num_threads=1, half_precision=True,
+    )
+    card = json.loads(result.card_path.read_text())
+    assert card["patch_size"] == [48, 48, 4] and card["voxel_size_mm"][2] is None
+    state = torch.load(tmp_path / card["weights_file"])
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    model, model_card = load_model(result.card_path)
+    truth = anatomy.draw_region("thigh", np.random.default_rng(9), n_slices=5)
+    dseg = segment(truth.pd, truth.affine, model, model_card, num_threads=1)["dseg"]
+    assert dseg.shape == truth.labels.shape
 
 
 def test_real_label_maps_map_to_the_right_muscles(shared_data):
