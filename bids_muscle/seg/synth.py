@@ -701,7 +701,6 @@ def synthesise_volume(
     settings = settings or SynthesisSettings()
     family = family or str(rng.choice(list(_FAMILIES)))
     contrast_seed = int(rng.integers(2**31))
-    shape = leg.classes.shape[:2]
     images, targets = [], []
     for z in range(leg.classes.shape[2]):
         # the same contrast draw for every slice of the volume
