@@ -537,35 +537,9 @@ def synthesise_patch(
     family : str, optional
         Contrast family (drawn when None).
     """
-    settings = settings or SynthesisSettings()
-    nz = leg.classes.shape[2]
-    thickness = rng.uniform(*settings.slice_mm)
-    half = int(min(3, max(0, round((thickness / leg.voxel_mm[2] - 1) / 2))))
-    slab = [k for k in range(z - half, z + half + 1) if 0 <= k < nz]
-    crop = random_crop(leg.classes.shape[:2], patch_shape, leg.classes[..., z] != 0, rng)
-    muscle_labels = [int(i) for i in label_indices]
-    contrast = draw_contrast(muscle_labels, rng, settings, family)
-    subcut = rng.uniform(*settings.subcut_fat_mm)
-    voxel = leg.voxel_mm[0]
-    images = []
-    tissue_centre = None
-    for k in slab:
-        classes_k = extract_box(leg.classes[..., k], crop, patch_shape, 0)
-        bone_k = None if leg.bone is None else extract_box(leg.bone[..., k], crop, patch_shape, False)
-        state = rng.bit_generator.state
-        tissue = complete_tissues(classes_k, region, voxel, rng, settings, bone_k, leg.complete, subcut)
-        if k == z:
-            tissue_centre = tissue
-        else:
-            rng.bit_generator.state = state
-        images.append(render_tissues(tissue, classes_k, contrast, rng, voxel))
-    image = degrade(np.mean(images, axis=0), rng, settings)
-    classes = extract_box(leg.classes[..., z], crop, patch_shape, 0)
-    target = slice_target(classes, tissue_centre, muscle_labels, leg.complete)
-    region_mask = _muscle_region(tissue_centre, classes)
-    body = tissue_centre != BACKGROUND
-    image = robust_normalise(image, body)
-    return SyntheticPatch(image=image, classes=target, muscle_region=region_mask, tissue=tissue_centre, contrast=contrast.family)
+    block = synthesise_block(leg, z, 1, 1, region, label_indices, patch_shape, rng, settings, family)
+    return SyntheticPatch(image=block.image[..., 0], classes=block.classes[..., 0], muscle_region=block.muscle_region[..., 0],
+                          tissue=block.tissue[..., 0], contrast=block.contrast)
 
 
 def _muscle_region(tissue: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -619,8 +593,8 @@ def synthesise_block(
     contrast = draw_contrast(muscle_labels, rng, settings, family)
     subcut = rng.uniform(*settings.subcut_fat_mm)
     tissue_seed = int(rng.integers(2**31))
-    # slice thickness up to the block's slice spacing
-    half = int(min(3, step // 2, max(0, round((rng.uniform(*settings.slice_mm) / leg.voxel_mm[2] - 1) / 2))))
+    # slice thickness up to the block's slice spacing (any, up to 7 source slices, for a single slice)
+    half = int(min(3 if depth == 1 else step // 2, max(0, round((rng.uniform(*settings.slice_mm) / leg.voxel_mm[2] - 1) / 2))))
     voxel = leg.voxel_mm[0]
     shape = tuple(int(p) for p in patch_shape)
     rendered: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
