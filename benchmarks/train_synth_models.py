@@ -393,6 +393,9 @@ def main() -> None:
         description += " Real labelled slices of the QMRITools calf images (randomly degraded) are mixed in."
     if target == "muscleregion":
         description += " Output class 1 is the muscle region; the label listed is a placeholder for it."
+    if architecture == "unet3d":
+        description += (f" Trained on blocks of {BLOCK[region][2]} slices (every k-th slice of thin-slice sources, 3-12 mm "
+                        "apart); keeps the native slices at inference.")
     result = train_synthetic_model(
         groups, region, architecture, args.out_dir,
         label_indices=labels, val_legs=val, group_weights=weights, name=args.name or args.model,
