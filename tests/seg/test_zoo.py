@@ -125,3 +125,19 @@ def test_half_precision_weights_are_half_the_size_and_load_as_float32(saved, tmp
     net.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), atol=2e-2, rtol=2e-2)
+
+
+def test_every_shipped_model_loads_within_the_size_limit():
+    """Shipped weights match their cards' sha256, stay within 8 MB, and every
+    region has the four segmentation architectures (3D ones with a patch)."""
+    from bids_muscle.seg.zoo import package_model_dir
+
+    cards = list_models()
+    names = {c.name for c in cards}
+    for region in ("thigh", "calf"):
+        assert {f"{region}_{net}" for net in ("unet2d", "unet3d", "hrnet", "transunet", "muscleregion")} <= names
+    for card in cards:
+        load_model(card.name)
+        assert (package_model_dir() / card.weights_file).stat().st_size <= 8 * 1024 * 1024, card.name
+        if card.architecture == "unet3d":
+            assert card.patch_size is not None and len(card.patch_size) == 3
