@@ -67,6 +67,8 @@ VOXEL_MM = {"thigh": (2.0, 2.0), "calf": (1.5, 1.5)}
 PATCH = {"thigh": (112, 112), "calf": (112, 112)}
 #: Training block (H, W, slices) of the 3D networks; they keep the native slices.
 BLOCK = {"thigh": (112, 112, 8), "calf": (112, 112, 8)}
+#: Their sliding window at inference: the whole leg in-plane, 16 slices.
+WINDOW = (256, 256, 16)
 
 
 def huashan_maps(names=None) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -401,6 +403,7 @@ def main() -> None:
         label_indices=labels, val_legs=val, group_weights=weights, name=args.name or args.model,
         arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region],
         patch_size=BLOCK[region] if architecture == "unet3d" else PATCH[region], half_precision=args.half,
+        inference_patch=WINDOW if architecture == "unet3d" else None,
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
         lr_patience=args.lr_patience, augmentation=Augmentation(rotation_deg=args.rotation_deg), learning_rate=args.learning_rate, init_from=args.init_from,

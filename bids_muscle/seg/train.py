@@ -1008,6 +1008,7 @@ def train_synthetic_model(
     num_threads: int | None = None,
     progress: Progress | None = None,
     half_precision: bool = False,
+    inference_patch: Sequence[int] | None = None,
 ) -> TrainingResult:
     """Train a segmenter on images synthesised from label maps.
 
@@ -1047,6 +1048,10 @@ def train_synthetic_model(
         a U-Net 3D (its kernels inflated, see :func:`_load_matching`).
     half_precision : bool
         Store the weights as float16 (half the file size).
+    inference_patch : sequence of int, optional
+        Sliding-window patch of a 3D network at validation and inference
+        (the card's ``patch_size``; default ``patch_size``): a window larger
+        than the training block gives more context and fewer windows.
 
     Other parameters are those of :func:`train_model`.
     """
@@ -1072,7 +1077,7 @@ def train_synthetic_model(
         labels=card_labels,
         input_contrast="any",
         voxel_size_mm=[float(voxel_size_mm[0]), float(voxel_size_mm[1]), None],
-        patch_size=list(patch) if spatial_dims == 3 else None,
+        patch_size=list(inference_patch or patch) if spatial_dims == 3 else None,
         training_data=list(training_data or []),
         licence=licence,
         description=description,
@@ -1114,7 +1119,7 @@ def train_synthetic_model(
                 optimiser.step()
                 losses.append(float(loss.detach()))
             network.eval()
-            val_dice = masked_validation_dice(network, val_legs, spatial_dims, n_classes, patch)
+            val_dice = masked_validation_dice(network, val_legs, spatial_dims, n_classes, card.patch_size)
             scheduler.step(val_dice)
             if val_dice > best_dice:
                 best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
