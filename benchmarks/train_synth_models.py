@@ -351,7 +351,8 @@ def main() -> None:
                              "calf: QMRITools-synthetic phantom QMRITools-real, default 0.35 0.3 0.35)")
     parser.add_argument("--rotation-deg", type=float, default=10.0, help="largest in-plane rotation of the augmentation")
     parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
-    parser.add_argument("--half", action="store_true", help="store the weights as float16 (half the file size)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "float16", "int8"],
+                        help="weight storage: float16 halves the file, int8 (per-channel scales) quarters it")
     args = parser.parse_args()
     if args.model == "region_classifier":
         t0 = time.time()
@@ -402,7 +403,7 @@ def main() -> None:
         groups, region, architecture, args.out_dir,
         label_indices=labels, val_legs=val, group_weights=weights, name=args.name or args.model,
         arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region],
-        patch_size=BLOCK[region] if architecture == "unet3d" else PATCH[region], half_precision=args.half,
+        patch_size=BLOCK[region] if architecture == "unet3d" else PATCH[region], precision=args.precision,
         inference_patch=WINDOW if architecture == "unet3d" else None,
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,

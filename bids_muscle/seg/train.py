@@ -1007,7 +1007,7 @@ def train_synthetic_model(
     time_limit_s: float | None = None,
     num_threads: int | None = None,
     progress: Progress | None = None,
-    half_precision: bool = False,
+    precision: str = "float32",
     inference_patch: Sequence[int] | None = None,
 ) -> TrainingResult:
     """Train a segmenter on images synthesised from label maps.
@@ -1046,8 +1046,9 @@ def train_synthetic_model(
         training, or start a calf model from the thigh one (the output layer
         is re-initialised when the label sets differ). A U-Net 2D may start
         a U-Net 3D (its kernels inflated, see :func:`_load_matching`).
-    half_precision : bool
-        Store the weights as float16 (half the file size).
+    precision : str
+        Weight storage of :func:`bids_muscle.seg.zoo.save_model`:
+        ``float32``, ``float16`` (half the size) or ``int8`` (a quarter).
     inference_patch : sequence of int, optional
         Sliding-window patch of a 3D network at validation and inference
         (the card's ``patch_size``; default ``patch_size``): a window larger
@@ -1150,5 +1151,5 @@ def train_synthetic_model(
         "synthesis_s": round(synthesis_s, 1),
         "training_s": round(time.monotonic() - start, 1),
     }
-    card_path = save_model(network, card, out_dir, half_precision)
+    card_path = save_model(network, card, out_dir, precision)
     return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)

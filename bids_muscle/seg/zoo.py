@@ -228,7 +228,7 @@ def load_model(card_path_or_name: str | Path, model_dir: str | Path | None = Non
     if not isinstance(state, dict):
         raise ValueError(f"weights {weights} do not hold a state_dict")
     try:
-        network.load_state_dict(state, strict=True)
+        network.load_state_dict(_dequantise(state), strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0:2]
         raise ValueError(
@@ -238,14 +238,24 @@ def load_model(card_path_or_name: str | Path, model_dir: str | Path | None = Non
     return network, card
 
 
-def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path, half_precision: bool = False) -> Path:
+#: Weight storage of :func:`save_model`.
+PRECISIONS = ("float32", "float16", "int8")
+_SCALE = ".int8_scale"
+
+
+def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path, precision: str = "float32") -> Path:
     """Write ``<name>.pt`` and ``<name>.json`` into ``out_dir``.
 
     The card is completed with the weights file name and its sha256 (the
     ``card`` object is updated in place). Returns the card path.
-    ``half_precision`` stores floating-point weights as float16 (half the
-    file size; :func:`load_model` casts them back to the network's float32).
+    ``precision`` ``float16`` stores floating-point weights as float16 (half
+    the file size); ``int8`` stores kernels and matrices as int8 with one
+    float32 scale per output channel (symmetric, max-abs) and the rest as
+    float16 (a quarter of the size). :func:`load_model` casts them back to
+    the network's float32.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -254,14 +264,33 @@ def save_model(module: nn.Module, card: ModelCard, out_dir: str | Path, half_pre
         raise ValueError(f"module does not match the card architecture {card.architecture!r}: {error}") from None
     weights = out_dir / f"{card.name}.pt"
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
-    if half_precision:
-        state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+    if precision != "float32":
+        stored = {}
+        for key, value in state.items():
+            if precision == "int8" and value.is_floating_point() and value.ndim >= 2:
+                peak = value.abs().amax(dim=tuple(range(1, value.ndim)), keepdim=True).clamp_min(1e-12)
+                stored[key] = torch.round(value / peak * 127.0).to(torch.int8)
+                stored[key + _SCALE] = (peak / 127.0).float()
+            else:
+                stored[key] = value.half() if value.is_floating_point() else value
+        state = stored
     torch.save(state, weights)
     card.weights_file = weights.name
     card.sha256 = sha256_file(weights)
     card_path = out_dir / f"{card.name}.json"
     card_path.write_text(json.dumps(card.to_dict(), indent=2) + "\n")
     return card_path
+
+
+def _dequantise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Float weights of an int8 state of :func:`save_model` (other states unchanged)."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(_SCALE):
+            continue
+        scale = state.get(key + _SCALE)
+        out[key] = value if scale is None else value.float() * scale
+    return out
 
 
 def list_models(model_dir: str | Path | None = None) -> list[ModelCard]:

@@ -242,7 +242,7 @@ def test_train_synthetic_unet3d_writes_a_half_precision_card_that_segments(tmp_p
     result = train_synthetic_model(
         [legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=[LegVolume(image, classes, 0)],
         arguments={"base_features": 4}, patch_size=(48, 48, 4), pool_size=2, epochs=1, steps_per_epoch=1, batch_size=1,
-        num_threads=1, half_precision=True, inference_patch=(64, 64, 8),
+        num_threads=1, precision="float16", inference_patch=(64, 64, 8),
     )
     card = json.loads(result.card_path.read_text())
     assert card["patch_size"] == [64, 64, 8] and card["voxel_size_mm"][2] is None
