@@ -304,3 +304,72 @@ def test_pool_mixes_real_labelled_legs_with_synthesis():
     assert (pool.classes == 4).sum(dim=(1, 2)).min() >= 700  # the muscle square stays in view
     with pytest.raises(ValueError, match="muscles"):
         SyntheticPool([[real]], [1.0], "thigh", THIGH_RIGHT, (64, 64), 2, rng, target="muscleregion")
+
+
+def test_pool_gives_neighbouring_slices_as_channels_with_the_central_target():
+    from bids_muscle.seg.train import SyntheticPool
+
+    rng = np.random.default_rng(3)
+    classes = np.zeros((70, 70, 5), np.int64)
+    for z in range(5):  # a muscle rectangle that moves from slice to slice
+        classes[15 + 5 * z : 25 + 5 * z, 5 + 8 * z : 30 + 8 * z, z] = 4
+    classes[..., 2] = 0  # slice 2 carries no labels: never a central slice
+    real = LegVolume(image=(classes > 0).astype(np.float32) * 0.8 + 0.1, classes=classes, group=0)
+    pool = SyntheticPool([[real]], [1.0], "thigh", THIGH_RIGHT, (64, 64), 8, rng, context=1)
+    assert tuple(pool.images.shape) == (8, 3, 64, 64) and tuple(pool.classes.shape) == (8, 64, 64)
+
+    def iou(a, b):
+        return (a & b).sum() / max((a | b).sum(), 1)
+
+    for image, target in zip(pool.images.numpy(), pool.classes.numpy()):
+        muscle = target == 4
+        assert muscle.sum() >= 150
+        bright = [channel > (channel.min() + channel.max()) / 2 for channel in image]
+        assert iou(bright[1], muscle) > 0.7
+        assert iou(bright[1], muscle) > max(iou(bright[0], muscle), iou(bright[2], muscle)) + 0.2
+    synthetic = SyntheticPool([phantom_legs()], [1.0], "thigh", THIGH_RIGHT, (64, 64), 3, rng, context=2)
+    assert tuple(synthetic.images.shape) == (3, 5, 64, 64) and (synthetic.classes > 0).any()
+    with pytest.raises(ValueError, match="2D"):
+        SyntheticPool([[real]], [1.0], "thigh", THIGH_RIGHT, (64, 64, 4), 2, rng, context=1)
+
+
+def test_single_slice_weights_start_a_network_with_slice_context_unchanged():
+    from bids_muscle.seg.infer import predict_probabilities, with_neighbours
+    from bids_muscle.seg.nets import build_network
+    from bids_muscle.seg.train import _load_matching
+
+    volume = np.random.default_rng(0).normal(size=(40, 40, 6)).astype(np.float32)
+    stacked = with_neighbours(volume, 2)
+    assert stacked.shape == (6, 5, 40, 40)
+    assert np.array_equal(stacked[3, 2], volume[..., 3]) and np.array_equal(stacked[3, 0], volume[..., 1])
+    assert np.all(stacked[0, :2] == np.float32(np.percentile(volume, 1.0)))  # past the first slice: background
+    torch.manual_seed(0)
+    single = build_network("unet2d", in_channels=1, n_classes=4, base_features=4).eval()
+    context = build_network("unet2d", in_channels=5, n_classes=4, base_features=4)
+    _load_matching(context, single.state_dict())
+    context.eval()
+    expected = predict_probabilities(single, volume, 2)
+    assert np.allclose(predict_probabilities(context, volume, 2), expected, atol=1e-5)
+
+
+def test_train_synthetic_unet2d_with_slice_context_segments_and_fine_tunes(tmp_path):
+    from bids_muscle.seg.train import train_model
+
+    legs = phantom_legs()
+    image, classes = synth.synthesise_volume(legs[0], "thigh", THIGH_RIGHT, np.random.default_rng(0), family="t1w")
+    result = train_synthetic_model(
+        [legs], "thigh", "unet2d", tmp_path, label_indices=THIGH_RIGHT, val_legs=[LegVolume(image, classes, 0)],
+        arguments={"base_features": 4}, patch_size=(48, 48), pool_size=2, epochs=1, steps_per_epoch=1, batch_size=2,
+        num_threads=1, context_slices=1,
+    )
+    model, card = load_model(result.card_path)
+    assert card.arguments["in_channels"] == 3
+    truth = anatomy.draw_region("thigh", np.random.default_rng(9), n_slices=5)
+    assert segment(truth.pd, truth.affine, model, card, num_threads=1)["dseg"].shape == truth.labels.shape
+    tuned = train_model([truth.pd], [truth.labels], [truth.affine], "thigh", "unet2d", tmp_path / "tuned",
+                        init_from=result.card_path, epochs=1, steps_per_epoch=1, batch_size=2, patch_size=(48, 48),
+                        num_threads=1)
+    assert tuned.card.arguments["in_channels"] == 3
+    with pytest.raises(ValueError, match="context_slices"):
+        train_synthetic_model([legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=[],
+                              patch_size=(48, 48, 4), context_slices=1)
