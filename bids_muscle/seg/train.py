@@ -790,7 +790,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``bids_muscle-train``."""
     args = build_parser().parse_args(argv)
     try:
-        pairs = [(Path(i), Path(l)) for i, l in args.pair]
+        pairs = [(Path(i), Path(lab)) for i, lab in args.pair]
         if args.labels:
             pairs += find_training_pairs(args.labels, args.image_suffix, args.images_dir)
         if not pairs:
@@ -834,7 +834,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from=args.init_from,
             model_dir=args.model_dir,
             input_contrast=args.contrast,
-            training_data=[{"image": str(i), "labels": str(l)} for i, l in pairs],
+            training_data=[{"image": str(i), "labels": str(lab)} for i, lab in pairs],
             licence=args.licence,
             time_limit_s=args.time_limit,
             num_threads=args.threads,

@@ -158,9 +158,9 @@ def test_mirrored_left_leg_looks_like_right_leg():
         starts = [max(0, min(c - s // 2, n - s)) for c, s, n in zip(centre, shape_common, a.shape)]
         return a[tuple(slice(st, st + s) for st, s in zip(starts, shape_common))]
 
-    r, l = centre_crop(right), centre_crop(left)
+    r, lft = centre_crop(right), centre_crop(left)
     for index in RIGHT:
-        dice = 2 * np.sum((r == index) & (l == index)) / (np.sum(r == index) + np.sum(l == index))
+        dice = 2 * np.sum((r == index) & (lft == index)) / (np.sum(r == index) + np.sum(lft == index))
         assert dice > 0.9, (index, dice)
 
 

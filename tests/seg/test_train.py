@@ -236,7 +236,7 @@ def test_cli_trains_from_bids_derivatives(tmp_path, capsys):
             derivatives / f"sub-{k:02d}" / "anat" / f"sub-{k:02d}_acq-thigh_desc-manual_dseg.nii.gz",
         )
     pairs = find_training_pairs([derivatives], image_suffix="T1w", image_root=raw)
-    assert [(i.name, l.name) for i, l in pairs] == [
+    assert [(i.name, lab.name) for i, lab in pairs] == [
         (f"sub-{k:02d}_acq-thigh_T1w.nii.gz", f"sub-{k:02d}_acq-thigh_desc-manual_dseg.nii.gz") for k in range(2)
     ]
     out = tmp_path / "models"
