@@ -351,8 +351,6 @@ def main() -> None:
                              "calf: QMRITools-synthetic phantom QMRITools-real, default 0.35 0.3 0.35)")
     parser.add_argument("--rotation-deg", type=float, default=10.0, help="largest in-plane rotation of the augmentation")
     parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
-    parser.add_argument("--context-slices", type=int, default=0,
-                        help="2D networks: neighbouring slices on either side given as extra input channels")
     parser.add_argument("--precision", default="float32", choices=["float32", "float16", "int8"],
                         help="weight storage: float16 halves the file, int8 (per-channel scales) quarters it")
     args = parser.parse_args()
@@ -398,9 +396,6 @@ def main() -> None:
         description += " Real labelled slices of the QMRITools calf images (randomly degraded) are mixed in."
     if target == "muscleregion":
         description += " Output class 1 is the muscle region; the label listed is a placeholder for it."
-    if args.context_slices:
-        description += (f" Sees {args.context_slices} neighbouring native slice(s) on either side of each slice as input "
-                        "channels (blocks of slices as for the U-Net 3D).")
     if architecture == "unet3d":
         description += (f" Trained on blocks of {BLOCK[region][2]} slices (every k-th slice of thin-slice sources, 3-12 mm "
                         "apart); keeps the native slices at inference.")
@@ -409,7 +404,7 @@ def main() -> None:
         label_indices=labels, val_legs=val, group_weights=weights, name=args.name or args.model,
         arguments={"base_features": args.base_features}, voxel_size_mm=VOXEL_MM[region],
         patch_size=BLOCK[region] if architecture == "unet3d" else PATCH[region], precision=args.precision,
-        inference_patch=WINDOW if architecture == "unet3d" else None, context_slices=args.context_slices,
+        inference_patch=WINDOW if architecture == "unet3d" else None,
         target=target, pool_size=args.pool_size, refresh_fraction=0.2, epochs=1000,
         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, seed=args.seed, patience=args.patience,
         lr_patience=args.lr_patience, augmentation=Augmentation(rotation_deg=args.rotation_deg), learning_rate=args.learning_rate, init_from=args.init_from,

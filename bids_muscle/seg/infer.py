@@ -144,16 +144,13 @@ def predict_probabilities(
     """Softmax probabilities (K, X, Y, Z) of a normalised volume (X, Y, Z).
 
     2D networks run on the axial slices (last axis) in batches of
-    ``batch_size``, with their neighbours as channels when the network
-    takes ``2c + 1`` channels (:func:`with_neighbours`); 3D networks on the
-    whole volume, or with a Gaussian-weighted sliding window of
-    ``patch_size`` when the volume is larger.
+    ``batch_size``; 3D networks on the whole volume, or with a Gaussian-
+    weighted sliding window of ``patch_size`` when the volume is larger.
     """
     volume = np.ascontiguousarray(volume, dtype=np.float32)
     with torch.inference_mode():
         if spatial_dims == 2:
-            context = (int(getattr(model, "in_channels", 1)) - 1) // 2
-            slices = torch.from_numpy(with_neighbours(volume, context))
+            slices = torch.from_numpy(volume).permute(2, 0, 1).unsqueeze(1)
             outputs = []
             for start in range(0, slices.shape[0], max(1, batch_size)):
                 logits = model(slices[start : start + batch_size])
@@ -165,20 +162,6 @@ def predict_probabilities(
         if patch_size is None or all(n <= p for n, p in zip(volume.shape, patch_size)):
             return torch.softmax(model(x), dim=1)[0].numpy()
         return _sliding_window(model, x, tuple(int(p) for p in patch_size), overlap)
-
-
-def with_neighbours(volume: np.ndarray, context: int, fill: float | None = None) -> np.ndarray:
-    """Axial slices with ``context`` neighbours on either side as channels.
-
-    Returns (Z, 2 * context + 1, X, Y) for a volume (X, Y, Z); slices past
-    the ends are ``fill`` (default: the volume's 1st percentile, the
-    background level, as in training)."""
-    volume = np.asarray(volume, dtype=np.float32)
-    if context > 0:
-        fill = float(np.percentile(volume, 1.0)) if fill is None else fill
-        volume = np.pad(volume, ((0, 0), (0, 0), (context, context)), constant_values=fill)
-    windows = np.lib.stride_tricks.sliding_window_view(volume, 2 * context + 1, axis=2)
-    return np.ascontiguousarray(windows.transpose(2, 3, 0, 1))
 
 
 def _sliding_window(model: nn.Module, x: torch.Tensor, patch: tuple[int, ...], overlap: float) -> np.ndarray:

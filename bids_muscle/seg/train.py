@@ -197,9 +197,8 @@ def train_model(
     name : str, optional
         Model name (default ``<region>_<architecture>``).
     arguments : dict, optional
-        Network constructor arguments (``n_classes`` is set here;
-        ``in_channels`` is 1, or that of a 2D ``init_from`` network that
-        takes neighbouring slices).
+        Network constructor arguments (``in_channels`` and ``n_classes`` are
+        set here).
     label_indices : sequence of int, optional
         Right-side labels to learn, in class order (default: every muscle
         present in the training labels).
@@ -266,9 +265,7 @@ def train_model(
     label_indices = [int(i) for i in label_indices]
     if not label_indices:
         raise ValueError("the training label maps hold no muscle labels")
-    # a 2D network that takes neighbouring slices keeps them when fine-tuned
-    context = (int(arguments.get("in_channels", 1)) - 1) // 2 if spatial_dims == 2 else 0
-    arguments.update(in_channels=2 * context + 1, n_classes=len(label_indices) + 1)
+    arguments.update(in_channels=1, n_classes=len(label_indices) + 1)
     card = ModelCard(
         name=name or f"{region}_{architecture}",
         architecture=architecture,
@@ -298,7 +295,7 @@ def train_model(
     if spatial_dims == 3:
         card.patch_size = list(patch)
     augmentation = augmentation or Augmentation()
-    sampler = _PatchSampler(train_legs, patch, spatial_dims, rng, context)
+    sampler = _PatchSampler(train_legs, patch, spatial_dims, rng)
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=4)
     history: list[dict[str, Any]] = []
@@ -472,17 +469,13 @@ def _random_grid(batch: int, shape: tuple[int, ...], settings: Augmentation, gen
 
 class _PatchSampler:
     """Random patches of the training legs, centred on the leg with a random
-    offset (slices with labels are preferred); 2D patches carry ``context``
-    neighbouring slices on either side as channels."""
+    offset (slices with labels are preferred)."""
 
-    def __init__(
-        self, legs: Sequence[LegVolume], patch: tuple[int, ...], spatial_dims: int, rng: np.random.Generator, context: int = 0
-    ) -> None:
+    def __init__(self, legs: Sequence[LegVolume], patch: tuple[int, ...], spatial_dims: int, rng: np.random.Generator) -> None:
         self.legs = legs
         self.patch = patch
         self.spatial_dims = spatial_dims
         self.rng = rng
-        self.context = context
         self.labelled_slices = [np.flatnonzero(leg.classes.any(axis=(0, 1))) for leg in legs]
         self.fills = [float(np.percentile(leg.image, 1.0)) for leg in legs]
         self.centres = []
@@ -499,7 +492,7 @@ class _PatchSampler:
             labelled = self.labelled_slices[k]
             if self.spatial_dims == 2:
                 z = int(self.rng.choice(labelled)) if labelled.size else int(self.rng.integers(nz))
-                z_start, z_size = z - self.context, 2 * self.context + 1
+                z_start, z_size = z, 1
             else:
                 z_size = self.patch[2]
                 z_start = int(self.rng.integers(min(0, nz - z_size), max(0, nz - z_size) + 1))
@@ -515,12 +508,10 @@ class _PatchSampler:
             image = extract_box(leg.image, box, sizes, self.fills[k])
             label = extract_box(leg.classes, box, sizes, 0)
             if self.spatial_dims == 2:
-                image, label = np.moveaxis(image, 2, 0), label[..., self.context]
-            else:
-                image = image[None]
+                image, label = image[..., 0], label[..., 0]
             images.append(image)
             classes.append(label)
-        x = torch.from_numpy(np.stack(images).astype(np.float32))
+        x = torch.from_numpy(np.stack(images)[:, None].astype(np.float32))
         y = torch.from_numpy(np.stack(classes).astype(np.int64))
         return x, y
 
@@ -567,9 +558,7 @@ def _load_matching(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
     U-Net 3D): a 3x3 kernel becomes a 3x3x1 kernel or the central slice of a
     3x3x3 one (the other slices zero), and transposed-convolution kernels are
     repeated along the slice axis (nearest upsampling), so the 3D network
-    starts as the 2D one applied slice by slice. Likewise a one-channel
-    input layer starts a network that takes neighbouring slices as
-    channels: its kernel goes to the central channel, the others are zero."""
+    starts as the 2D one applied slice by slice."""
     own = network.state_dict()
     transposed = {f"{name}.weight" for name, module in network.named_modules() if isinstance(module, nn.ConvTranspose3d)}
     for key, value in state.items():
@@ -578,10 +567,6 @@ def _load_matching(network: nn.Module, state: dict[str, torch.Tensor]) -> None:
         target = own[key]
         if target.shape == value.shape:
             own[key] = value
-        elif target.ndim == value.ndim > 1 and value.shape[1] == 1 and target.shape[:1] + target.shape[2:] == value.shape[:1] + value.shape[2:]:
-            inflated = torch.zeros_like(target)
-            inflated[:, target.shape[1] // 2] = value[:, 0]
-            own[key] = inflated
         elif target.ndim == value.ndim + 1 and target.shape[:-1] == value.shape:
             depth = target.shape[-1]
             if key in transposed:
@@ -899,9 +884,6 @@ class SyntheticPool:
     labels in a real block are ignored.
     ``target`` is ``"muscles"`` (classes) or ``"muscleregion"`` (1 inside the
     fascia except bone, 0 elsewhere; synthetic legs only).
-    A 2D pool with ``context`` c draws blocks of 2c + 1 slices around a
-    random slice (spaced as 3D blocks) and keeps them as channels, with the
-    target of the central slice.
     """
 
     def __init__(
@@ -915,10 +897,7 @@ class SyntheticPool:
         rng: np.random.Generator,
         settings: Any = None,
         target: str = "muscles",
-        context: int = 0,
     ) -> None:
-        if context and len(patch) != 2:
-            raise ValueError("slice context is for 2D patches")
         self.groups = [list(g) for g in groups if len(g)]
         weights = np.array([w for g, w in zip(groups, weights) if len(g)], dtype=float)
         self.weights = weights / weights.sum()
@@ -928,40 +907,32 @@ class SyntheticPool:
         self.rng = rng
         self.settings = settings
         self.target = target
-        self.context = context
         if target != "muscles" and any(isinstance(leg, LegVolume) for g in self.groups for leg in g):
             raise ValueError("real labelled legs can only train the 'muscles' target")
-        self.images = torch.zeros((size, 2 * context + 1) + tuple(patch))
+        self.images = torch.zeros((size, 1) + tuple(patch))
         self.classes = torch.zeros((size,) + tuple(patch), dtype=torch.long)
         self.redraw(np.arange(size))
 
     def draw(self) -> tuple[np.ndarray, np.ndarray]:
-        """One sample: image (C, *patch) and target (*patch)."""
         group = self.groups[int(self.rng.choice(len(self.groups), p=self.weights))]
         leg = group[int(self.rng.integers(len(group)))]
         if isinstance(leg, LegVolume):
-            image, classes = self._real_sample(leg)
+            return self._real_sample(leg)
+        nz = leg.classes.shape[2]
+        if len(self.patch) == 2:
+            z = int(self.rng.integers(nz))
+            sample = synth.synthesise_patch(leg, z, self.region, self.label_indices, self.patch, self.rng, self.settings)
         else:
-            nz = leg.classes.shape[2]
-            depth = self.patch[2] if len(self.patch) == 3 else 2 * self.context + 1
-            if depth == 1:
-                sample = synth.synthesise_patch(leg, int(self.rng.integers(nz)), self.region, self.label_indices, self.patch,
-                                                self.rng, self.settings)
-            else:
-                spacing = (self.settings or synth.SynthesisSettings()).slice_mm
-                dz = float(leg.voxel_mm[2])
-                step = 1 if dz >= spacing[0] else int(self.rng.integers(max(1, round(spacing[0] / dz)), max(1, int(spacing[1] / dz)) + 1))
-                if len(self.patch) == 3:
-                    z_start = self._block_start(nz, depth, step)
-                else:
-                    z_start = int(self.rng.integers(nz)) - self.context * step
-                sample = synth.synthesise_block(leg, z_start, depth, step, self.region, self.label_indices, self.patch[:2],
-                                                self.rng, self.settings)
-            image = sample.image
-            classes = sample.muscle_region.astype(np.int64) if self.target == "muscleregion" else sample.classes
-        if len(self.patch) == 3 or image.ndim == 2:
-            return image[None], classes
-        return np.moveaxis(image, 2, 0), classes[..., self.context]  # slices as channels, central target
+            depth = self.patch[2]
+            spacing = (self.settings or synth.SynthesisSettings()).slice_mm
+            dz = float(leg.voxel_mm[2])
+            step = 1 if dz >= spacing[0] else int(self.rng.integers(max(1, round(spacing[0] / dz)), max(1, int(spacing[1] / dz)) + 1))
+            z_start = self._block_start(nz, depth, step)
+            sample = synth.synthesise_block(leg, z_start, depth, step, self.region, self.label_indices, self.patch[:2],
+                                            self.rng, self.settings)
+        if self.target == "muscleregion":
+            return sample.image, sample.muscle_region.astype(np.int64)
+        return sample.image, sample.classes
 
     def _block_start(self, nz: int, depth: int, step: int = 1) -> int:
         """First slice of a block; blocks longer than the leg overhang one end at random."""
@@ -970,12 +941,8 @@ class SyntheticPool:
 
     def _real_sample(self, leg: LegVolume) -> tuple[np.ndarray, np.ndarray]:
         labelled = (leg.classes > 0).any(axis=(0, 1))
-        if len(self.patch) == 2:
-            depth = 2 * self.context + 1
-            z = int(self.rng.choice(np.flatnonzero(labelled))) - self.context
-        else:
-            depth = self.patch[2]
-            z = self._block_start(len(labelled), depth)
+        depth = 1 if len(self.patch) == 2 else self.patch[2]
+        z = int(self.rng.choice(np.flatnonzero(labelled))) if depth == 1 else self._block_start(len(labelled), depth)
         size = leg.classes.shape[:2] + (depth,)
         image = extract_box(leg.image, (0, 0, z), size, float(np.percentile(leg.image, 1.0)))
         classes = extract_box(leg.classes, (0, 0, z), size, 0)
@@ -993,7 +960,7 @@ class SyntheticPool:
     def redraw(self, indices: np.ndarray) -> None:
         for i in indices:
             image, classes = self.draw()
-            self.images[i] = torch.from_numpy(image)
+            self.images[i, 0] = torch.from_numpy(image)
             self.classes[i] = torch.from_numpy(classes)
 
     def refresh(self, fraction: float) -> None:
@@ -1042,7 +1009,6 @@ def train_synthetic_model(
     progress: Progress | None = None,
     precision: str = "float32",
     inference_patch: Sequence[int] | None = None,
-    context_slices: int = 0,
 ) -> TrainingResult:
     """Train a segmenter on images synthesised from label maps.
 
@@ -1079,8 +1045,7 @@ def train_synthetic_model(
         package) whose matching weights start the training: continue a
         training, or start a calf model from the thigh one (the output layer
         is re-initialised when the label sets differ). A U-Net 2D may start
-        a U-Net 3D, and a network of single slices one with slice context
-        (its kernels inflated, see :func:`_load_matching`).
+        a U-Net 3D (its kernels inflated, see :func:`_load_matching`).
     precision : str
         Weight storage of :func:`bids_muscle.seg.zoo.save_model`:
         ``float32``, ``float16`` (half the size) or ``int8`` (a quarter).
@@ -1088,11 +1053,6 @@ def train_synthetic_model(
         Sliding-window patch of a 3D network at validation and inference
         (the card's ``patch_size``; default ``patch_size``): a window larger
         than the training block gives more context and fewer windows.
-    context_slices : int
-        2D networks only: the network sees this many neighbouring slices on
-        either side of each slice as extra input channels (``in_channels``
-        = 2 * context_slices + 1), native slices at inference as the 3D
-        networks; 0 (default) segments each slice alone.
 
     Other parameters are those of :func:`train_model`.
     """
@@ -1106,12 +1066,10 @@ def train_synthetic_model(
         raise ValueError(f"a {architecture} needs a patch of {spatial_dims} sizes, got {patch}")
     if target not in ("muscles", "muscleregion"):
         raise ValueError(f"target must be 'muscles' or 'muscleregion', got {target!r}")
-    if context_slices < 0 or (context_slices and spatial_dims != 2):
-        raise ValueError(f"context_slices is a count of neighbouring slices for 2D networks, got {context_slices} for {architecture}")
     label_indices = [int(i) for i in label_indices]
     card_labels = label_indices if target == "muscles" else label_indices[:1]
     n_classes = len(card_labels) + 1
-    arguments = {**(arguments or {}), "in_channels": 2 * context_slices + 1, "n_classes": n_classes}
+    arguments = {**(arguments or {}), "in_channels": 1, "n_classes": n_classes}
     card = ModelCard(
         name=name or f"{region}_{architecture}",
         architecture=architecture,
@@ -1136,7 +1094,7 @@ def train_synthetic_model(
         _load_matching(network, init_network.state_dict())
     weights = list(group_weights) if group_weights is not None else [1.0] * len(anatomy_groups)
     start = time.monotonic()
-    pool = SyntheticPool(anatomy_groups, weights, region, label_indices, patch, pool_size, rng, settings, target, context_slices)
+    pool = SyntheticPool(anatomy_groups, weights, region, label_indices, patch, pool_size, rng, settings, target)
     synthesis_s = time.monotonic() - start
     augmentation = augmentation or Augmentation()
     optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
