@@ -46,8 +46,7 @@ class Config:
     mese_denoise: str = "mppca"
     site_column: str = "site"
     reference_seg: Path | None = None
-    networks: tuple[str, ...] = ("unet2d",)
-    networks_requested: bool = False
+    networks: tuple[str, ...] = ()  # empty: seg.zoo.DEFAULT_NETWORKS
     model_dir: str | None = None
     erode_mm: float = 0.0
     imat_method: str = "dcae"

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg = parser.add_argument_group("segmentation and biomarkers")
     seg.add_argument("--networks", nargs="+", metavar="NET",
                      help="segmentation networks to run (unet2d, unet3d, transunet, hrnet); models are looked up as "
-                          "<region>_<net> in --model-dir or the package. Default: unet2d when its model exists")
+                          "<region>_<net> in --model-dir or the package. Default: unet3d for the thigh and unet2d for the calf "
+                          "(the best on the tests of docs/validation.md), when their models exist")
     seg.add_argument("--model-dir", type=Path, metavar="DIR",
                      help="folder with extra or replacement models (<name>.pt + <name>.json cards)")
     seg.add_argument("--write-probseg", action="store_true",
@@ -155,8 +156,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         mese_denoise=opts.mese_denoise,
         site_column=opts.site_column,
         reference_seg=opts.reference_seg.expanduser().resolve() if opts.reference_seg else None,
-        networks=tuple(dict.fromkeys(opts.networks)) if opts.networks else ("unet2d",),
-        networks_requested=bool(opts.networks),
+        networks=tuple(dict.fromkeys(opts.networks or ())),
         model_dir=str(opts.model_dir.expanduser().resolve()) if opts.model_dir else None,
         erode_mm=opts.erode_mm,
         imat_method=opts.imat_method,
@@ -225,17 +225,18 @@ def _summarise_crashes(crashes: list[Path]) -> None:
 
 
 def available_networks(config: Config) -> dict[str, list[str]]:
-    """Networks with a model for each region; a requested network without any model is bad input."""
+    """Networks with a model for each region (the requested ones, or each
+    region's default); a requested network without any model is bad input."""
     from bids_muscle.interfaces.segmentation import model_name
-    from bids_muscle.seg.zoo import list_models
+    from bids_muscle.seg.zoo import DEFAULT_NETWORKS, list_models
 
     names = {card.name for card in list_models(config.model_dir)}
-    found = {region: [n for n in config.networks if model_name(region, n) in names] for region in config.regions}
-    if config.networks_requested:
-        for net in config.networks:
-            if not any(net in nets for nets in found.values()):
-                have = ", ".join(sorted(names)) or "none"
-                raise BadInput(f"--networks {net}: no model named <region>_{net} (available models: {have})")
+    wanted = {region: config.networks or (DEFAULT_NETWORKS[region],) for region in config.regions}
+    found = {region: [n for n in nets if model_name(region, n) in names] for region, nets in wanted.items()}
+    for net in config.networks:
+        if not any(net in nets for nets in found.values()):
+            have = ", ".join(sorted(names)) or "none"
+            raise BadInput(f"--networks {net}: no model named <region>_{net} (available models: {have})")
     return found
 
 

@@ -15,6 +15,7 @@ from bids_muscle.interfaces.derivatives import DerivativesSink
 from bids_muscle.interfaces.qmaps import ComputeMTR, DoubleAngleB1, FitMEGRE, FitMESE, TwoPointT2, WaterFatFF
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
+from bids_muscle.seg.zoo import DEFAULT_NETWORKS
 
 MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
 IMAT_DESCRIPTIONS = {
@@ -75,7 +76,8 @@ def init_participant_wf(
         paragraph.format(version=__version__) for paragraph in workflow.visit_desc().split("\n") if paragraph.strip()
     ]
     report.inputs.warnings = [
-        f"{rin.region}: no segmentation model available for networks {', '.join(config.networks)}; "
+        f"{rin.region}: no segmentation model available for networks "
+        f"{', '.join(config.networks or (DEFAULT_NETWORKS[rin.region],))}; "
         "per-muscle tables were not computed"
         for rin in regions
         if not networks.get(rin.region)

@@ -129,6 +129,18 @@ def test_network_without_a_model_is_bad_input(tiny_bids, tmp_path, capsys):
     assert not (tmp_path / "out" / "sub-01").exists()
 
 
+def test_each_region_runs_its_default_network_unless_networks_are_named(tmp_path):
+    from bids_muscle.cli.run import available_networks
+    from bids_muscle.config import Config
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant", work_dir=tmp_path / "w",
+                    regions=("thigh", "calf"))
+    assert available_networks(config) == {"thigh": ["unet3d"], "calf": ["unet2d"]}
+    named = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant", work_dir=tmp_path / "w",
+                   regions=("thigh", "calf"), networks=("unet2d", "hrnet"))
+    assert available_networks(named) == {"thigh": ["unet2d", "hrnet"], "calf": ["unet2d", "hrnet"]}
+
+
 def test_shipped_region_classifier_routes_phantom_images(tmp_path, capsys):
     from bids_muscle.cli.run import region_classifier
     from bids_muscle.config import Config
