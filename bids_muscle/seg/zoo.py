@@ -31,7 +31,7 @@ from bids_muscle.seg.nets import NETWORKS, SEGMENTATION_NETWORKS, build_network
 
 CARD_VERSION = 1
 #: Network run for each region when the user names none: the best on the
-#: held-out and real-scan tests of docs/validation.md (thigh: U-Net 3D 0.892
+#: held-out and real-scan tests of docs/validation.md (thigh: U-Net 3D 0.898
 #: against U-Net 2D 0.862 held-out Dice; calf: the U-Net 3D labels 27 % less
 #: muscle than the U-Net 2D on real calves).
 DEFAULT_NETWORKS = {"thigh": "unet3d", "calf": "unet2d"}
