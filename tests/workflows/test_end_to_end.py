@@ -132,7 +132,7 @@ def test_rerun_keeps_outputs_whole(derivatives, phantom_bids):
     lost = derivatives / "sub-01/anat/sub-01_acq-thigh_desc-water_T2map.nii.gz"
     lost.unlink()  # a user deletes an output; the rerun (cached work dir) must bring it back
     code, log = _cli(phantom_bids, derivatives, "participant", "--participant-label", "01", "--sloppy",
-                     "-w", derivatives.parent / "work")
+                     "-w", derivatives.parent / "work", "--networks", "unet2d", "hrnet")  # the first run's options
     assert code == 0, log
     assert not list(derivatives.rglob("*.tmp*"))
     assert {p: p.read_bytes() for p in derivatives.glob("sub-01/anat/*.json")} == before
