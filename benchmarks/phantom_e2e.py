@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_muscle.seg.zoo import DEFAULT_NETWORKS
+from bids_muscle.stats.agreement import dice, dice_per_label
 
 #: (row, output suffix, truth suffix, scale to the row's unit)
 MAPS = (
@@ -40,10 +41,6 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj, dtype=float)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.sum(a & b) / max(np.sum(a) + np.sum(b), 1))
-
-
 def compare(bids: Path, derivatives: Path, participant: str, network: str, region: str) -> dict[str, float]:
     stem = f"sub-{participant}/anat/sub-{participant}_acq-{region}_"
     truth_dir = bids / "derivatives" / "truth"
@@ -58,10 +55,9 @@ def compare(bids: Path, derivatives: Path, participant: str, network: str, regio
         inside = muscle & (ff_true <= 60) if "T2" in ours else muscle
         rows[row] = float(np.nanmedian(np.abs(estimate[inside] - truth[inside]))) * scale
     dseg = _load(derivatives / f"{stem}desc-{network}_dseg.nii.gz").astype(int)
-    rows["muscle segmentation, mean Dice"] = float(np.mean(
-        [_dice(dseg == v, labels == v) for v in np.unique(labels[muscle])]))
+    rows["muscle segmentation, mean Dice"] = float(np.mean(dice_per_label(dseg, labels, np.unique(labels[muscle]))))
     imat = _load(derivatives / f"{stem}desc-imat_mask.nii.gz") > 0
-    rows["IMAT mask, Dice"] = _dice(imat, _load(truth_dir / f"{stem}desc-imat_mask.nii.gz") > 0)
+    rows["IMAT mask, Dice"] = dice(imat, _load(truth_dir / f"{stem}desc-imat_mask.nii.gz") > 0)
     return rows
 
 

@@ -44,6 +44,7 @@ from bids_muscle.seg.train import (
     train_region_classifier,
     train_synthetic_model,
 )
+from bids_muscle.seg.zoo import PRECISIONS
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HUASHAN_DIR = DATA / "thigh_labels_huashan"
@@ -351,7 +352,7 @@ def main() -> None:
                              "calf: QMRITools-synthetic phantom QMRITools-real, default 0.35 0.3 0.35)")
     parser.add_argument("--rotation-deg", type=float, default=10.0, help="largest in-plane rotation of the augmentation")
     parser.add_argument("--lr-patience", type=int, default=4, help="epochs without gain before the learning rate is halved")
-    parser.add_argument("--precision", default="float32", choices=["float32", "float16", "int8"],
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="weight storage: float16 halves the file, int8 (per-channel scales) quarters it")
     args = parser.parse_args()
     if args.model == "region_classifier":

@@ -228,11 +228,11 @@ def available_networks(config: Config) -> dict[str, list[str]]:
     """Networks with a model for each region (the requested ones, or each
     region's default); a requested network without any model is bad input."""
     from bids_muscle.interfaces.segmentation import model_name
-    from bids_muscle.seg.zoo import DEFAULT_NETWORKS, list_models
+    from bids_muscle.seg.zoo import list_models, region_networks
 
     names = {card.name for card in list_models(config.model_dir)}
-    wanted = {region: config.networks or (DEFAULT_NETWORKS[region],) for region in config.regions}
-    found = {region: [n for n in nets if model_name(region, n) in names] for region, nets in wanted.items()}
+    found = {region: [n for n in region_networks(region, config.networks) if model_name(region, n) in names]
+             for region in config.regions}
     for net in config.networks:
         if not any(net in nets for nets in found.values()):
             have = ", ".join(sorted(names)) or "none"

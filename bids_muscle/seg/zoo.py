@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,6 +36,11 @@ CARD_VERSION = 1
 #: against U-Net 2D 0.862 held-out Dice; calf: the U-Net 3D labels 27 % less
 #: muscle than the U-Net 2D on real calves).
 DEFAULT_NETWORKS = {"thigh": "unet3d", "calf": "unet2d"}
+
+
+def region_networks(region: str, requested: Sequence[str] = ()) -> tuple[str, ...]:
+    """Networks to run on ``region``: the requested ones, or its default."""
+    return tuple(requested) or (DEFAULT_NETWORKS[region],)
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

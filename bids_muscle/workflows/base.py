@@ -15,7 +15,7 @@ from bids_muscle.interfaces.derivatives import DerivativesSink
 from bids_muscle.interfaces.qmaps import ComputeMTR, DoubleAngleB1, FitMEGRE, FitMESE, TwoPointT2, WaterFatFF
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
-from bids_muscle.seg.zoo import DEFAULT_NETWORKS
+from bids_muscle.seg.zoo import region_networks
 
 MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
 IMAT_DESCRIPTIONS = {
@@ -77,7 +77,7 @@ def init_participant_wf(
     ]
     report.inputs.warnings = [
         f"{rin.region}: no segmentation model available for networks "
-        f"{', '.join(config.networks or (DEFAULT_NETWORKS[rin.region],))}; "
+        f"{', '.join(region_networks(rin.region, config.networks))}; "
         "per-muscle tables were not computed"
         for rin in regions
         if not networks.get(rin.region)
