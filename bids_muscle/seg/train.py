@@ -296,43 +296,18 @@ def train_model(
         card.patch_size = list(patch)
     augmentation = augmentation or Augmentation()
     sampler = _PatchSampler(train_legs, patch, spatial_dims, rng)
-    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=4)
-    history: list[dict[str, Any]] = []
-    best_dice, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), 0
-    stopped_early = False
-    start = time.monotonic()
-    with torch_threads(num_threads):
-        for epoch in range(1, epochs + 1):
-            network.train()
-            losses = []
-            for _ in range(steps_per_epoch):
-                x, y = sampler.batch(batch_size)
-                if augmentation.enabled:
-                    x, y = augment_batch(x, y, augmentation, generator)
-                loss = dice_ce_loss(network(x), y, card.n_classes)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-            network.eval()
-            val_dice = validation_dice(network, val_legs, spatial_dims, card.n_classes, patch)
-            scheduler.step(val_dice)
-            if val_dice > best_dice:
-                best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val_dice": val_dice,
-                "best_val_dice": best_dice,
-                "learning_rate": optimiser.param_groups[0]["lr"],
-                "elapsed_s": time.monotonic() - start,
-            }
-            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
-            if stop:
-                break
-    network.load_state_dict(best_state)
-    network.eval()
+
+    def draw_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = sampler.batch(batch_size)
+        return augment_batch(x, y, augmentation, generator) if augmentation.enabled else (x, y)
+
+    best, history, stopped_early = _fit(
+        network, draw_batch, lambda logits, y: dice_ce_loss(logits, y, card.n_classes),
+        lambda net: {"val_dice": validation_dice(net, val_legs, spatial_dims, card.n_classes, patch)},
+        epochs=epochs, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate, weight_decay=weight_decay,
+        lr_patience=4, patience=patience, time_limit_s=time_limit_s, num_threads=num_threads, progress=progress,
+    )
+    best_dice, best_epoch = best["val_dice"], best["epoch"]
     card.validation = {
         "metric": "mean Dice over muscles (model grid, canonical leg)",
         "val_dice": round(best_dice, 4),
@@ -348,15 +323,77 @@ def train_model(
     return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=best_dice, stopped_early=stopped_early)
 
 
-def _end_epoch(record: dict, history: list, progress: Progress | None, patience_spent: bool,
-               time_limit_s: float | None) -> tuple[bool, bool]:
-    """Log an epoch; returns (stop training, stopped early by patience)."""
-    history.append(record)
-    if progress is not None:
-        progress(record)
-    if patience_spent:
-        return True, True
-    return time_limit_s is not None and record["elapsed_s"] > time_limit_s, False
+def _fit(
+    network: nn.Module,
+    draw_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    validate: Callable[[nn.Module], dict[str, float]],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    lr_patience: int | None = None,
+    patience: int,
+    score: str = "val_dice",
+    lower_is_better: bool = False,
+    time_limit_s: float | None = None,
+    num_threads: int | None = None,
+    progress: Progress | None = None,
+    start: float | None = None,
+    before_epoch: Callable[[int], dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+    """The training loop of every trainer here: AMSGrad Adam on batches from
+    ``draw_batch``; after each epoch ``validate`` gives the record's
+    validation fields, of which ``score`` picks the best weights, halves the
+    learning rate after ``lr_patience`` epochs without gain (never when
+    None) and stops the training after ``patience`` such epochs, or after
+    the epoch that passes ``time_limit_s`` (counted from ``start``).
+    ``before_epoch(epoch)`` runs first in every epoch and returns extra
+    record fields. The network ends with its best weights, in eval mode.
+
+    Returns the best epoch's record, every record, and whether patience
+    stopped the training."""
+    start = time.monotonic() if start is None else start
+    sign = -1.0 if lower_is_better else 1.0
+    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
+    scheduler = None if lr_patience is None else torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=0.5, patience=lr_patience)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {}
+    best_state = copy.deepcopy(network.state_dict())
+    stopped_early = False
+    with torch_threads(num_threads):
+        for epoch in range(1, epochs + 1):
+            extra = before_epoch(epoch) if before_epoch is not None else {}
+            network.train()
+            losses = []
+            for _ in range(steps_per_epoch):
+                x, y = draw_batch()
+                value = loss(network(x), y)
+                optimiser.zero_grad(set_to_none=True)
+                value.backward()
+                optimiser.step()
+                losses.append(float(value.detach()))
+            network.eval()
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), **validate(network)}
+            if scheduler is not None:
+                scheduler.step(sign * record[score])
+            if not best or sign * record[score] > sign * best[score]:
+                best, best_state = record, copy.deepcopy(network.state_dict())
+            record.update({f"best_{score}": best[score], "learning_rate": optimiser.param_groups[0]["lr"],
+                           "elapsed_s": time.monotonic() - start, **extra})
+            history.append(record)
+            if progress is not None:
+                progress(record)
+            if epoch - best["epoch"] >= patience:
+                stopped_early = True
+                break
+            if time_limit_s is not None and record["elapsed_s"] > time_limit_s:
+                break
+    network.load_state_dict(best_state)
+    network.eval()
+    return best, history, stopped_early
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, n_classes: int, smooth: float = 1e-5) -> torch.Tensor:
@@ -639,46 +676,27 @@ def train_region_classifier(
     y_train = torch.cat([torch.full((s.shape[0],), c) for s, c in train])
     x_val = torch.cat([s for s, _ in val])
     y_val = torch.cat([torch.full((s.shape[0],), c) for s, c in val])
-    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, amsgrad=True)
     settings = Augmentation(elastic_probability=0.0)
-    history: list[dict[str, Any]] = []
-    best_loss, best_accuracy, best_state, best_epoch = math.inf, 0.0, copy.deepcopy(network.state_dict()), 0
-    stopped_early = False
-    start = time.monotonic()
-    with torch_threads(num_threads):
-        for epoch in range(1, epochs + 1):
-            network.train()
-            losses = []
-            for _ in range(steps_per_epoch):
-                pick = torch.from_numpy(rng.integers(len(x_train), size=batch_size))
-                x, y = x_train[pick], y_train[pick]
-                x, _ = augment_batch(x, torch.zeros(x.shape[0], size, size, dtype=torch.long), settings, generator)
-                flip = torch.rand(x.shape[0], generator=generator) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x)
-                loss = F.cross_entropy(network(x), y)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-            network.eval()
-            with torch.inference_mode():
-                logits = network(x_val)
-                val_loss = float(F.cross_entropy(logits, y_val))
-                accuracy = float((logits.argmax(dim=1) == y_val).float().mean())
-            if val_loss < best_loss:
-                best_loss, best_accuracy, best_state, best_epoch = val_loss, accuracy, copy.deepcopy(network.state_dict()), epoch
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val_loss": val_loss,
-                "val_accuracy": accuracy,
-                "elapsed_s": time.monotonic() - start,
-            }
-            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
-            if stop:
-                break
-    network.load_state_dict(best_state)
-    network.eval()
+
+    def draw_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.from_numpy(rng.integers(len(x_train), size=batch_size))
+        x, y = x_train[pick], y_train[pick]
+        x, _ = augment_batch(x, torch.zeros(x.shape[0], size, size, dtype=torch.long), settings, generator)
+        flip = torch.rand(x.shape[0], generator=generator) < 0.5
+        return torch.where(flip.view(-1, 1, 1, 1), x.flip(2), x), y
+
+    def validate(net: nn.Module) -> dict[str, float]:
+        with torch.inference_mode():
+            logits = net(x_val)
+            return {"val_loss": float(F.cross_entropy(logits, y_val)),
+                    "val_accuracy": float((logits.argmax(dim=1) == y_val).float().mean())}
+
+    best, history, stopped_early = _fit(
+        network, draw_batch, F.cross_entropy, validate, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        learning_rate=learning_rate, patience=patience, score="val_loss", lower_is_better=True,
+        time_limit_s=time_limit_s, num_threads=num_threads, progress=progress,
+    )
+    best_loss, best_accuracy, best_epoch = best["val_loss"], best["val_accuracy"], best["epoch"]
     card.validation = {
         "metric": "slice accuracy at the lowest validation cross-entropy",
         "val_accuracy": round(best_accuracy, 4),
@@ -1097,47 +1115,27 @@ def train_synthetic_model(
     pool = SyntheticPool(anatomy_groups, weights, region, label_indices, patch, pool_size, rng, settings, target)
     synthesis_s = time.monotonic() - start
     augmentation = augmentation or Augmentation()
-    optimiser = torch.optim.Adam(network.parameters(), lr=learning_rate, weight_decay=weight_decay, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, mode="max", factor=0.5, patience=lr_patience)
-    history: list[dict[str, Any]] = []
-    best_dice, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), 0
-    stopped_early = False
-    with torch_threads(num_threads):
-        for epoch in range(1, epochs + 1):
-            if epoch > 1:
-                refresh_start = time.monotonic()
-                pool.refresh(refresh_fraction)
-                synthesis_s += time.monotonic() - refresh_start
-            network.train()
-            losses = []
-            for _ in range(steps_per_epoch):
-                x, y = pool.batch(batch_size, generator)
-                if augmentation.enabled:
-                    x, y = augment_batch(x, y, augmentation, generator)
-                loss = masked_dice_ce_loss(network(x), y, n_classes)
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                losses.append(float(loss.detach()))
-            network.eval()
-            val_dice = masked_validation_dice(network, val_legs, spatial_dims, n_classes, card.patch_size)
-            scheduler.step(val_dice)
-            if val_dice > best_dice:
-                best_dice, best_state, best_epoch = val_dice, copy.deepcopy(network.state_dict()), epoch
-            record = {
-                "epoch": epoch,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val_dice": val_dice,
-                "best_val_dice": best_dice,
-                "learning_rate": optimiser.param_groups[0]["lr"],
-                "elapsed_s": time.monotonic() - start,
-                "synthesis_s": synthesis_s,
-            }
-            stop, stopped_early = _end_epoch(record, history, progress, epoch - best_epoch >= patience, time_limit_s)
-            if stop:
-                break
-    network.load_state_dict(best_state)
-    network.eval()
+
+    def draw_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = pool.batch(batch_size, generator)
+        return augment_batch(x, y, augmentation, generator) if augmentation.enabled else (x, y)
+
+    def refresh(epoch: int) -> dict[str, Any]:
+        nonlocal synthesis_s
+        if epoch > 1:
+            refresh_start = time.monotonic()
+            pool.refresh(refresh_fraction)
+            synthesis_s += time.monotonic() - refresh_start
+        return {"synthesis_s": synthesis_s}
+
+    best, history, stopped_early = _fit(
+        network, draw_batch, lambda logits, y: masked_dice_ce_loss(logits, y, n_classes),
+        lambda net: {"val_dice": masked_validation_dice(net, val_legs, spatial_dims, n_classes, card.patch_size)},
+        epochs=epochs, steps_per_epoch=steps_per_epoch, learning_rate=learning_rate, weight_decay=weight_decay,
+        lr_patience=lr_patience, patience=patience, time_limit_s=time_limit_s, num_threads=num_threads,
+        progress=progress, start=start, before_epoch=refresh,
+    )
+    best_dice, best_epoch = best["val_dice"], best["epoch"]
     card.validation = {
         "metric": "mean Dice over classes (model grid, canonical leg)" if target == "muscles" else "Dice of the muscle region",
         "val_dice": round(best_dice, 4),
