@@ -284,7 +284,7 @@ def write_label_tables(config: Config, networks: dict[str, list[str]]) -> None:
 
 def run_participant(config: Config) -> int:
     from bids_muscle import bids
-    from bids_muscle.workflows.base import init_participant_wf
+    from bids_muscle.workflows.base import init_participant_wf, megre_refusal
 
     layout = bids.load_layout(config.bids_dir, validate=not config.skip_bids_validation)
     pairs = bids.participants_and_sessions(layout, list(config.participant_label), config.session_label)
@@ -309,6 +309,8 @@ def run_participant(config: Config) -> int:
             input_errors.append(msg)
             continue
         _log(f"{tag}: processing {', '.join(r.region for r in regions)}")
+        for refusal in filter(None, map(megre_refusal, regions)):
+            _log(f"{tag}: warning: {refusal}")
         workflow = init_participant_wf(config, sub, ses, regions, networks)
         t0 = time.time()
         failed = _run_workflow(workflow, config)

@@ -15,6 +15,7 @@ from bids_muscle.interfaces.derivatives import DerivativesSink
 from bids_muscle.interfaces.qmaps import ComputeMTR, DoubleAngleB1, FitMEGRE, FitMESE, TwoPointT2, WaterFatFF
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
+from bids_muscle.qmri import dixon
 from bids_muscle.seg.zoo import region_networks
 
 MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
@@ -81,7 +82,7 @@ def init_participant_wf(
         "per-muscle tables were not computed"
         for rin in regions
         if not networks.get(rin.region)
-    ]
+    ] + [refusal for rin in regions if (refusal := megre_refusal(rin))]
     return workflow
 
 
@@ -100,6 +101,28 @@ def _sink(config: Config, name: str, entities: dict, suffix: str, sources: list,
         run_without_submitting=True,
         overwrite=True,  # writes outside the work dir: rerun even when cached, so deleted outputs come back
     )
+
+
+def megre_refusal(rin: RegionInputs) -> str | None:
+    """Why the region's multi-echo gradient echo gives no Dixon fat
+    fraction (echo times that cannot separate water from fat, see
+    :func:`bids_muscle.qmri.dixon.check_separable`), or None."""
+    if rin.megre_mag is None or rin.field_strength_t is None:
+        return None
+    try:
+        dixon.check_separable(rin.megre_mag.echo_times_s, rin.field_strength_t)
+    except ValueError as err:
+        return f"{rin.region}: {rin.megre_mag.files[0].name}: {err}"
+    return None
+
+
+def _dixon_source(rin: RegionInputs) -> str | None:
+    """Source of the Dixon fat fraction: ``megre`` (a multi-echo gradient
+    echo that can separate water from fat), ``waterfat`` (the scanner's
+    water and fat images) or None."""
+    if rin.megre_mag is not None and megre_refusal(rin) is None:
+        return "megre"
+    return "waterfat" if rin.dixon_water is not None else None
 
 
 def _collect(workflow: Workflow, outputs: list[tuple], outputnode) -> None:
@@ -158,10 +181,11 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         written.append((init_twopoint_wf(config, rin), "outputnode.written"))
 
     dixon_wf, dixon_ff = None, None
-    if rin.megre_mag is not None:
+    dixon_source = _dixon_source(rin)
+    if dixon_source == "megre":
         dixon_wf = init_dixon_wf(config, rin)
         dixon_ff = "outputnode.ff"
-    elif rin.dixon_water is not None:
+    elif dixon_source == "waterfat":
         dixon_wf = init_waterfat_wf(config, rin)
         dixon_ff = "outputnode.map"
     if dixon_wf is not None:
@@ -187,7 +211,7 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
             workflow.connect(dixon_wf, dixon_ff, seg_wf, "inputnode.ff")
         if dixon_wf is not None:
             workflow.connect(dixon_wf, dixon_ff, seg_wf, "inputnode.ff_dixon")
-        if rin.megre_phase is not None:
+        if dixon_source == "megre" and rin.megre_phase is not None:
             workflow.connect(dixon_wf, "outputnode.r2star", seg_wf, "inputnode.r2star")
         if mtr_wf is not None:
             workflow.connect(mtr_wf, "outputnode.map", seg_wf, "inputnode.mtr")
@@ -464,9 +488,10 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
         (merge_dseg, biomarkers, [("out", "dsegs")]),
         (ds_region, biomarkers, [("out_file", "muscle_region")]),
     ])
-    if rin.megre_mag is not None or rin.dixon_water is not None:
+    dixon_source = _dixon_source(rin)
+    if dixon_source is not None:
         workflow.connect(inputnode, "ff_dixon", biomarkers, "ff_dixon")
-        if rin.megre_phase is not None:
+        if dixon_source == "megre" and rin.megre_phase is not None:
             workflow.connect(inputnode, "r2star", biomarkers, "r2star")
     if rin.mt_on is not None:
         workflow.connect(inputnode, "mtr", biomarkers, "mtr")
@@ -506,9 +531,10 @@ def _ff_sources(rin: RegionInputs) -> list:
     """Raw files of the fat-fraction map used for IMAT: MESE (3+ echoes), else Dixon."""
     if rin.mese is not None and len(rin.mese.files) >= 3:
         return list(rin.mese.files)
-    if rin.megre_mag is not None:
+    dixon_source = _dixon_source(rin)
+    if dixon_source == "megre":
         return list(rin.megre_mag.files)
-    if rin.dixon_water is not None:
+    if dixon_source == "waterfat":
         return [rin.dixon_water, rin.dixon_fat]
     return []
 

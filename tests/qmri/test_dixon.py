@@ -13,6 +13,7 @@ from bids_muscle.qmri.dixon import (
     fat_spectrum,
     separate_water_fat,
     simulate_megre,
+    water_nsa,
 )
 
 TE_3T_SYMMETRIC = (3.45e-3, 4.60e-3, 5.75e-3)
@@ -277,3 +278,20 @@ def test_invalid_signals_raise():
         fat_fraction_from_magnitude_echoes(s, TE_3T_SYMMETRIC, 3.0)
     with pytest.raises(ValueError, match="shape"):
         fat_fraction_from_magnitude_echoes(np.ones((4, 2)), TE_3T_SYMMETRIC, 3.0)
+
+
+def test_echo_times_that_cannot_separate_water_from_fat_are_refused():
+    # opposed- and in-phase echoes of a single fat peak: water NSA 2, the number of echoes
+    period = 1.0 / (GYROMAGNETIC_RATIO_HZ_PER_T * 3.0 * 3.4e-6)
+    assert water_nsa((period / 2, period), 3.0, "single") == pytest.approx(2.0)
+    assert water_nsa(TE_3T_SYMMETRIC, 3.0) > 2.0
+    # a GE "B0map" 2-echo GRE, 3.9 / 6.3 ms: fat has nearly the same phase at both echoes at 3 T, not at 1.5 T
+    te = (3.9e-3, 6.3e-3)
+    assert water_nsa(te, 3.0) < 0.2 and water_nsa(te, 1.5) > 1.9
+    signal = simulate_megre(np.full((4, 4), 70.0), np.full((4, 4), 30.0), te, 3.0)
+    with pytest.raises(ValueError, match="3.90, 6.30 ms cannot separate water from fat at 3 T"):
+        separate_water_fat(signal, te, 3.0)
+    with pytest.raises(ValueError, match="cannot separate water from fat"):
+        fat_fraction_from_magnitude_echoes(np.abs(signal), te, 3.0)
+    assert np.isfinite(separate_water_fat(simulate_megre(np.full((4, 4), 70.0), np.full((4, 4), 30.0), te, 1.5),
+                                          te, 1.5)["ff_percent"]).all()
