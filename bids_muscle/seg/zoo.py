@@ -41,6 +41,8 @@ DEFAULT_NETWORKS = {"thigh": "unet3d", "calf": "unet2d"}
 def region_networks(region: str, requested: Sequence[str] = ()) -> tuple[str, ...]:
     """Networks to run on ``region``: the requested ones, or its default."""
     return tuple(requested) or (DEFAULT_NETWORKS[region],)
+
+
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
