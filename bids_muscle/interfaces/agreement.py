@@ -12,7 +12,7 @@ import pandas as pd
 from nipype.interfaces.base import BaseInterfaceInputSpec, Directory, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle import bids
-from bids_muscle.interfaces.group import read_sites
+from bids_muscle.interfaces.group import read_sites, write_group_tables
 from bids_muscle.qmri.mtr import resample_to_grid
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
@@ -32,6 +32,8 @@ AGREEMENT_MAPS = {
     "mtr_percent": ("MTRmap", 1.0),
 }
 NOT_MUSCLES = {"tissue", "muscleregion"}
+#: Every table :class:`SegmentationAgreement` may write under ``group/``.
+AGREEMENT_TABLES = ("agreement", "agreement_summary", "agreement_bland_altman", "agreement_g20")
 
 
 def find_segmentations(root: Path) -> dict[tuple, dict[str, Path]]:
@@ -74,14 +76,17 @@ def _labels_on_grid(path: Path, target) -> np.ndarray:
     return labels
 
 
-def compare_participant_segmentations(out_dir: Path, reference_dir: Path | None, sites: dict[str, str]) -> pd.DataFrame:
+def compare_participant_segmentations(out_dir: Path, reference_dir: Path | None, sites: dict[str, str],
+                                      participants: tuple[str, ...] = ()) -> pd.DataFrame:
     """One row per participant, region, label and (network, reference) pair.
 
-    Pairs are every two networks (``network_b`` is the second in name
-    order) and, with ``reference_dir``, every network against the
-    reference labels (``network_b = "reference"``).
+    Pairs are every two networks that ran on the same participant and region
+    (``network_b`` is the second in name order) and, with ``reference_dir``,
+    every network against the reference labels (``network_b = "reference"``).
+    Only ``participants`` when given.
     """
-    networks = find_segmentations(out_dir)
+    networks = {key: found for key, found in find_segmentations(out_dir).items()
+                if not participants or key[0] in participants}
     references = find_segmentations(reference_dir) if reference_dir else {}
     rows = []
     for (participant, session, region), by_net in sorted(networks.items()):
@@ -118,6 +123,7 @@ class _AgreementInputSpec(BaseInterfaceInputSpec):
     participants_tsv = traits.Str(desc="participants.tsv of the raw dataset (site column); may be missing")
     site_column = traits.Str("site", usedefault=True)
     reference_dir = traits.Either(None, traits.Str, usedefault=True, desc="derivatives with reference _dseg files")
+    participants = traits.List(traits.Str, desc="participant labels to compare (all when empty)")
 
 
 class _AgreementOutputSpec(TraitedSpec):
@@ -134,11 +140,12 @@ class SegmentationAgreement(SimpleInterface):
         out_dir = Path(self.inputs.out_dir)
         sites = read_sites(Path(self.inputs.participants_tsv), self.inputs.site_column)
         reference = Path(self.inputs.reference_dir) if self.inputs.reference_dir else None
-        comparisons = compare_participant_segmentations(out_dir, reference, sites)
-        self._results["tables"] = {}
-        if comparisons.empty:
-            return runtime
+        comparisons = compare_participant_segmentations(out_dir, reference, sites, tuple(self.inputs.participants))
         group_dir = out_dir / "group"
+        if comparisons.empty:
+            self._results["tables"] = {}
+            write_group_tables(group_dir, {}, AGREEMENT_TABLES)
+            return runtime
         written = {"agreement": comparisons}
         by = ["network_a", "network_b", "region"]
         written["agreement_summary"] = gstats.segmentation_agreement_summary(comparisons, by=by)
@@ -149,6 +156,6 @@ class SegmentationAgreement(SimpleInterface):
             ff = next((m for m in ("ff_dixon_percent", "ff_mese_percent") if m in deltas), None)
             if ff is not None:
                 written["agreement_g20"] = gstats.pairwise_g20(found, ff, deltas, by=by)
-        for name, table in written.items():
-            self._results["tables"][name] = str(bids.write_text_atomic(group_dir / f"{name}.tsv", bids.tsv_text(table)))
+        self._results["tables"] = {name: str(path) for name, path in
+                                   write_group_tables(group_dir, written, AGREEMENT_TABLES).items()}
         return runtime

@@ -14,14 +14,30 @@ from bids_muscle.stats import group as gstats
 TABLE_PATTERN = re.compile(r"sub-(?P<participant>[a-zA-Z0-9]+)(?:_ses-(?P<session>[a-zA-Z0-9]+))?_acq-(?P<region>[a-zA-Z0-9]+)_biomarkers\.tsv$")
 
 
-def find_participant_tables(out_dir: Path) -> list[tuple[Path, dict]]:
-    """Every ``*_biomarkers.tsv`` of the derivatives with its participant, session and region."""
+#: Every table :func:`aggregate` may write under ``group/`` (stale ones of an earlier run are removed).
+AGGREGATE_TABLES = ("excluded", "biomarkers", "biomarkers_wide", "site_summary", "site_effects",
+                    "network_differences", "bland_altman")
+
+
+def find_participant_tables(out_dir: Path, participants: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
+    """Every ``*_biomarkers.tsv`` of the derivatives with its participant, session and region
+    (only those of ``participants`` when given)."""
     found = []
     for path in sorted(Path(out_dir).glob("sub-*/**/anat/*_biomarkers.tsv")):
         match = TABLE_PATTERN.match(path.name)
-        if match:
+        if match and (not participants or match["participant"] in participants):
             found.append((path, {k: v for k, v in match.groupdict().items() if v}))
     return found
+
+
+def write_group_tables(group_dir: Path, tables: dict[str, pd.DataFrame], owned: tuple[str, ...]) -> dict[str, Path]:
+    """Write ``tables`` as ``group_dir/<name>.tsv`` and remove the ``owned`` tables of an
+    earlier run that this run did not produce, so no stale table sits beside fresh ones."""
+    written = {name: bids.write_text_atomic(group_dir / f"{name}.tsv", bids.tsv_text(table))
+               for name, table in tables.items()}
+    for name in set(owned) - set(written):
+        (group_dir / f"{name}.tsv").unlink(missing_ok=True)
+    return written
 
 
 def read_sites(participants_tsv: Path, column: str) -> dict[str, str]:
@@ -34,13 +50,25 @@ def read_sites(participants_tsv: Path, column: str) -> dict[str, str]:
     return dict(zip(table["participant_id"].str.removeprefix("sub-"), table[column].fillna(gstats.MISSING)))
 
 
-def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site") -> dict[str, Path]:
-    """Write the group tables under ``out_dir/group``; returns their paths by name."""
+def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site",
+              participants: tuple[str, ...] = ()) -> tuple[dict[str, Path], list[str]]:
+    """Write the group tables under ``out_dir/group``.
+
+    Only the tables that hold rows are written: network comparisons only
+    where two networks ran on the same region, a site test only where every
+    site has enough participants (:func:`bids_muscle.stats.group.site_effects`).
+
+    Returns
+    -------
+    The written tables by name, and notes for the report on what was not computed and why.
+    """
     group_dir = Path(out_dir) / "group"
     group_dir.mkdir(parents=True, exist_ok=True)
     sites = read_sites(participants_tsv, site_column)
+    if participants:
+        sites = {p: s for p, s in sites.items() if p in participants}
     tables, metadata, excluded = [], [], []
-    for path, ids in find_participant_tables(out_dir):
+    for path, ids in find_participant_tables(out_dir, participants):
         try:
             table = pd.read_csv(path, sep="\t", na_values=["n/a"])
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -54,38 +82,47 @@ def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site") 
         tables.append(table)
         metadata.append({**ids, "site": sites.get(ids["participant"], gstats.MISSING)})
     processed = {m["participant"] for m in metadata} | {e["participant"] for e in excluded}
-    for label in sorted(set(sites) - processed):
+    for label in sorted((set(sites) | set(participants)) - processed):
         excluded.append({"participant": label, "session": gstats.MISSING, "file": gstats.MISSING,
                          "reason": "no biomarker table in the derivatives"})
-    written = {}
-    written["excluded"] = bids.write_text_atomic(
-        group_dir / "excluded.tsv", bids.tsv_text(pd.DataFrame(excluded, columns=["participant", "session", "file", "reason"]))
-    )
+    out = {"excluded": pd.DataFrame(excluded, columns=["participant", "session", "file", "reason"])}
     if not tables:
+        write_group_tables(group_dir, out, AGGREGATE_TABLES)
         raise ValueError(f"{out_dir}: no readable participant biomarker tables; run the participant level first")
+    notes = []
     tidy = gstats.stack_tables(tables, metadata)
     metrics = gstats.metric_columns(tidy)
-    written["biomarkers"] = bids.write_text_atomic(group_dir / "biomarkers.tsv", bids.tsv_text(tidy))
-    written["biomarkers_wide"] = bids.write_text_atomic(group_dir / "biomarkers_wide.tsv", bids.tsv_text(gstats.wide_table(tidy, metrics)))
+    out["biomarkers"] = tidy
+    out["biomarkers_wide"] = gstats.wide_table(tidy, metrics)
     summary_metrics = gstats.agreement_metrics(tidy)
-    written["site_summary"] = bids.write_text_atomic(group_dir / "site_summary.tsv", bids.tsv_text(gstats.site_summary(tidy, summary_metrics)))
-    if tidy["site"].nunique() > 1:
-        written["site_effects"] = bids.write_text_atomic(group_dir / "site_effects.tsv", bids.tsv_text(gstats.site_effects(tidy, summary_metrics)))
-    if tidy["network"].nunique() > 1:
-        diffs = gstats.network_differences(tidy, summary_metrics)
-        written["network_differences"] = bids.write_text_atomic(group_dir / "network_differences.tsv", bids.tsv_text(diffs))
-        written["bland_altman"] = bids.write_text_atomic(group_dir / "bland_altman.tsv", bids.tsv_text(gstats.pairwise_bland_altman(diffs)))
-    return written
+    out["site_summary"] = gstats.site_summary(tidy, summary_metrics)
+    reason = gstats.site_test_coverage(tidy)
+    effects = gstats.site_effects(tidy, summary_metrics) if reason is None else pd.DataFrame()
+    if not effects.empty:
+        out["site_effects"] = effects
+    else:
+        notes.append(reason or f"no site test: no muscle has {gstats.MIN_PER_SITE} participants at every site")
+    diffs = gstats.network_differences(tidy, summary_metrics)
+    if not diffs.empty:
+        out["network_differences"] = diffs
+        out["bland_altman"] = gstats.pairwise_bland_altman(diffs)
+    elif tidy["network"].nunique() > 1:
+        ran = tidy.groupby("region", observed=True)["network"].unique()
+        notes.append("networks not compared: no region ran two networks ("
+                     + "; ".join(f"{r}: {', '.join(sorted(n))}" for r, n in ran.items()) + ")")
+    return write_group_tables(group_dir, out, AGGREGATE_TABLES), notes
 
 
 class _AggregateInputSpec(BaseInterfaceInputSpec):
     out_dir = Directory(exists=True, mandatory=True)
     participants_tsv = traits.Str(desc="participants.tsv of the raw dataset (site column); may be missing")
     site_column = traits.Str("site", usedefault=True)
+    participants = traits.List(traits.Str, desc="participant labels to aggregate (all when empty)")
 
 
 class _AggregateOutputSpec(TraitedSpec):
     tables = traits.Dict(desc="group table name -> path")
+    notes = traits.List(traits.Str, desc="what was not computed, and why (for the report)")
 
 
 class AggregateBiomarkers(SimpleInterface):
@@ -95,6 +132,8 @@ class AggregateBiomarkers(SimpleInterface):
     output_spec = _AggregateOutputSpec
 
     def _run_interface(self, runtime):
-        written = aggregate(Path(self.inputs.out_dir), Path(self.inputs.participants_tsv), self.inputs.site_column)
+        written, notes = aggregate(Path(self.inputs.out_dir), Path(self.inputs.participants_tsv), self.inputs.site_column,
+                                   tuple(self.inputs.participants))
         self._results["tables"] = {k: str(v) for k, v in written.items()}
+        self._results["notes"] = notes
         return runtime

@@ -46,6 +46,7 @@ class _GroupReportInputSpec(BaseInterfaceInputSpec):
     out_dir = Directory(mandatory=True)
     tables = traits.Dict(mandatory=True, desc="group table name -> path")
     agreement_tables = traits.Dict(desc="segmentation agreement table name -> path")
+    notes = traits.List(traits.Str, desc="what the group level did not compute, and why")
     command = traits.Str("")
 
 
@@ -57,5 +58,6 @@ class GroupReport(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results["out_report"] = str(build_group_report(
-            self.inputs.out_dir, {**self.inputs.tables, **(self.inputs.agreement_tables or {})}, self.inputs.command))
+            self.inputs.out_dir, {**self.inputs.tables, **(self.inputs.agreement_tables or {})}, self.inputs.command,
+            list(self.inputs.notes or [])))
         return runtime

@@ -47,7 +47,7 @@ def _distribution_figure(tidy: pd.DataFrame, metric: str, out: Path) -> bool:
 
 def _bland_altman_figure(diffs: pd.DataFrame, metric: str, out: Path) -> bool:
     a, b, d = f"{metric}_a", f"{metric}_b", f"delta_{metric}"
-    if not {a, b, d} <= set(diffs.columns):
+    if not {a, b, d} <= set(diffs.columns) or diffs.empty:
         return False
     pairs = diffs.groupby(["network_a", "network_b"])
     fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3), squeeze=False)
@@ -95,7 +95,7 @@ def _dice_figure(agreement: pd.DataFrame, out: Path) -> bool:
     return True
 
 
-def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "") -> Path:
+def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "", notes: list[str] | None = None) -> Path:
     """Write ``group/report.html`` with figures in ``group/figures/``."""
     group_dir = Path(out_dir) / "group"
     fig_dir = group_dir / "figures"
@@ -135,6 +135,7 @@ def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "")
         tables=[(name, Path(path).relative_to(group_dir).as_posix()) for name, path in tables.items()],
         excluded=excluded.to_html(index=False) if not excluded.empty else "",
         flags=flags,
+        notes=notes or [],
         figures=figures,
         sections=sections,
         command=command,

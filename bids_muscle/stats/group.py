@@ -28,6 +28,7 @@ __all__ = [
     "DESCRIPTOR_COLUMNS",
     "ID_COLUMNS",
     "MISSING",
+    "MIN_PER_SITE",
     "agreement_metrics",
     "long_table",
     "metric_columns",
@@ -36,6 +37,7 @@ __all__ = [
     "pairwise_g20",
     "segmentation_agreement_summary",
     "site_effects",
+    "site_test_coverage",
     "site_summary",
     "stack_tables",
     "wide_table",
@@ -45,6 +47,8 @@ ID_COLUMNS = ("participant", "session", "site", "region", "side", "muscle", "net
 DESCRIPTOR_COLUMNS = ("label", "name", "abbreviation", "slice")
 MISSING = "n/a"
 _KEYS_NO_NETWORK = tuple(c for c in ID_COLUMNS if c != "network")
+#: Participants each site needs before a site effect is tested (Kruskal-Wallis).
+MIN_PER_SITE = 5
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
@@ -213,13 +217,18 @@ def network_differences(
         Explicit ``(network_a, network_b)`` pairs. Without ``reference`` and
         ``pairs``, every pair of networks in sorted order.
 
+    Networks are compared only within a region, and a pair only in the
+    regions where both networks ran (the thigh may run one network and the
+    calf another: that is no comparison).
+
     Returns
     -------
     pandas.DataFrame
         One row per participant, session, site, region, side, muscle and
         pair where both networks have a row: identifier columns,
         ``network_a``, ``network_b`` and for each metric ``m``: ``m_a``,
-        ``m_b`` and ``delta_m = m_a - m_b``.
+        ``m_b`` and ``delta_m = m_a - m_b``; no rows (these columns only)
+        when no region has two of the networks.
     """
     metrics = list(metrics) if metrics is not None else agreement_metrics(tidy)
     if not metrics:
@@ -227,14 +236,9 @@ def network_differences(
     keys = list(_KEYS_NO_NETWORK)
     _require(tidy, list(ID_COLUMNS) + metrics)
     networks = sorted(tidy["network"].unique())
-    if pairs is None:
-        if reference is not None:
-            if reference not in networks:
-                raise ValueError(f"reference network {reference!r} not in the tables {networks}")
-            pairs = [(n, reference) for n in networks if n != reference]
-        else:
-            pairs = list(combinations(networks, 2))
-    for na, nb in pairs:
+    if reference is not None and reference not in networks:
+        raise ValueError(f"reference network {reference!r} not in the tables {networks}")
+    for na, nb in pairs or ():
         if na not in networks or nb not in networks:
             raise ValueError(f"pair ({na!r}, {nb!r}) names a network not in the tables {networks}")
     keyed = tidy.set_index(keys + ["network"])[metrics]
@@ -242,21 +246,34 @@ def network_differences(
         raise ValueError("tables hold duplicate rows for the same participant, muscle and network")
     by_network = keyed.unstack("network")
     index_frame = by_network.index.to_frame(index=False)
+    present = {n: by_network.xs(n, axis=1, level="network").notna().any(axis=1).to_numpy() for n in networks}
 
+    columns = keys + ["network_a", "network_b"] + [f"{p}{m}{s}" for m in metrics
+                                                   for p, s in (("", "_a"), ("", "_b"), ("delta_", ""))]
     blocks = []
-    for na, nb in pairs:
-        both = by_network.xs(na, axis=1, level="network").notna().any(axis=1).to_numpy() & \
-            by_network.xs(nb, axis=1, level="network").notna().any(axis=1).to_numpy()
-        block = {k: index_frame[k].to_numpy()[both] for k in keys}
-        block["network_a"] = np.full(both.sum(), na, dtype=object)
-        block["network_b"] = np.full(both.sum(), nb, dtype=object)
-        for m in metrics:
-            va = by_network[(m, na)].to_numpy(dtype=float)[both]
-            vb = by_network[(m, nb)].to_numpy(dtype=float)[both]
-            block[f"{m}_a"] = va
-            block[f"{m}_b"] = vb
-            block[f"delta_{m}"] = va - vb
-        blocks.append(pd.DataFrame(block))
+    for region in sorted(index_frame["region"].unique()):
+        in_region = index_frame["region"].to_numpy() == region
+        ran = [n for n in networks if (present[n] & in_region).any()]
+        if pairs is not None:
+            region_pairs = [(na, nb) for na, nb in pairs if na in ran and nb in ran]
+        elif reference is not None:
+            region_pairs = [(n, reference) for n in ran if n != reference] if reference in ran else []
+        else:
+            region_pairs = list(combinations(ran, 2))
+        for na, nb in region_pairs:
+            both = in_region & present[na] & present[nb]
+            block = {k: index_frame[k].to_numpy()[both] for k in keys}
+            block["network_a"] = np.full(both.sum(), na, dtype=object)
+            block["network_b"] = np.full(both.sum(), nb, dtype=object)
+            for m in metrics:
+                va = by_network[(m, na)].to_numpy(dtype=float)[both]
+                vb = by_network[(m, nb)].to_numpy(dtype=float)[both]
+                block[f"{m}_a"] = va
+                block[f"{m}_b"] = vb
+                block[f"delta_{m}"] = va - vb
+            blocks.append(pd.DataFrame(block, columns=columns))
+    if not blocks:
+        return pd.DataFrame(columns=columns)
     return pd.concat(blocks, ignore_index=True)
 
 
@@ -347,8 +364,15 @@ def site_effects(
     tidy: pd.DataFrame,
     metrics: Sequence[str] | None = None,
     by: Sequence[str] = ("region", "muscle", "side", "network"),
+    min_per_site: int = MIN_PER_SITE,
 ) -> pd.DataFrame:
     """Kruskal-Wallis test of a site effect for every metric and group.
+
+    A group is tested only when it holds at least two sites and every site
+    has at least ``min_per_site`` participants: with fewer, the test's
+    chi-square approximation means nothing (one participant per site gives
+    the same p on every row). :func:`site_test_coverage` says why a table
+    is empty.
 
     Returns
     -------
@@ -358,15 +382,34 @@ def site_effects(
     """
     metrics = list(metrics) if metrics is not None else agreement_metrics(tidy)
     by = list(by)
-    _require(tidy, by + ["site"] + metrics)
+    _require(tidy, by + ["site", "participant"] + metrics)
     rows = []
     for key, group in tidy.groupby(by, sort=True, observed=True):
         key = key if isinstance(key, tuple) else (key,)
+        per_site = group.groupby("site", observed=True)["participant"].nunique()
+        if len(per_site) < 2 or per_site.min() < min_per_site:
+            continue
         sites = group["site"].to_numpy()
         for m in metrics:
             res = agreement.site_effect(group[m].to_numpy(dtype=float), sites)
             rows.append({**dict(zip(by, key)), "metric": m, **res})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*by, "metric", "statistic", "p_value", "n_sites", "n"])
+
+
+def site_test_coverage(tidy: pd.DataFrame, min_per_site: int = MIN_PER_SITE) -> str | None:
+    """Why no site test can be run on ``tidy`` (one sentence), or None when one can.
+
+    Counts participants per site over the whole table; see :func:`site_effects`.
+    """
+    _require(tidy, ["site", "participant"])
+    per_site = tidy.groupby("site", observed=True)["participant"].nunique().sort_index()
+    counts = ", ".join(f"{site}: {n}" for site, n in per_site.items())
+    if len(per_site) < 2:
+        return f"no site test: one site only ({counts} participant(s))"
+    if per_site.min() < min_per_site:
+        return (f"no site test: a Kruskal-Wallis test needs at least {min_per_site} participants at every site "
+                f"(participants per site: {counts})")
+    return None
 
 
 def segmentation_agreement_summary(

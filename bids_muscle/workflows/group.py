@@ -18,8 +18,9 @@ def init_group_wf(config: Config) -> Workflow:
     -------
     ``group/biomarkers.tsv`` (one row per participant, session, site, region,
     side, muscle and network), ``biomarkers_wide.tsv``, ``site_summary.tsv``,
-    ``site_effects.tsv`` (several sites), ``network_differences.tsv`` and
-    ``bland_altman.tsv`` (several networks), ``excluded.tsv``, the
+    ``site_effects.tsv`` (several sites with enough participants each),
+    ``network_differences.tsv`` and ``bland_altman.tsv`` (several networks on
+    the same region), ``excluded.tsv``, the
     mask-based ``agreement.tsv``, ``agreement_summary.tsv``,
     ``agreement_bland_altman.tsv`` and ``agreement_g20.tsv`` (several
     networks, or a reference segmentation) and ``report.html``.
@@ -36,6 +37,7 @@ def init_group_wf(config: Config) -> Workflow:
             out_dir=str(config.output_dir),
             participants_tsv=str(config.bids_dir / "participants.tsv"),
             site_column=config.site_column,
+            participants=list(config.participant_label),
         ),
         name="aggregate",
         overwrite=True,  # the group nodes write outside the work dir and only read tables: always rerun
@@ -46,13 +48,14 @@ def init_group_wf(config: Config) -> Workflow:
             participants_tsv=str(config.bids_dir / "participants.tsv"),
             site_column=config.site_column,
             reference_dir=str(config.reference_seg) if config.reference_seg else None,
+            participants=list(config.participant_label),
         ),
         name="agreement",
         overwrite=True,
     )
     report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command), name="report", overwrite=True)
     workflow.connect([
-        (aggregate, report, [("tables", "tables")]),
+        (aggregate, report, [("tables", "tables"), ("notes", "notes")]),
         (agreement, report, [("tables", "agreement_tables")]),
     ])
     return workflow

@@ -165,3 +165,28 @@ def test_segmentation_agreement_summary():
         assert row["bias_ff"] == pytest.approx(found["delta_ff"].mean())
         assert row["hd95_median_mm"] == pytest.approx(sub["hd95_mm"].median())
     assert summary.loc[summary["network"] == "b", "absence_rate"].iloc[0] > 0
+
+
+def test_networks_are_compared_only_where_they_ran_on_the_same_region(tidy):
+    # the thigh runs one network, the calf another: nothing to compare, no rows (and no error)
+    split = pd.concat([tidy[tidy["network"] == "unet"],
+                       tidy[tidy["network"] == "hrnet"].assign(region="calf")], ignore_index=True)
+    diffs = G.network_differences(split)
+    assert diffs.empty and {"network_a", "network_b", "delta_volume_ml"} <= set(diffs.columns)
+    assert G.pairwise_bland_altman(diffs).empty
+    # a region where two ran is compared, the other is not
+    mixed = pd.concat([tidy, tidy[tidy["network"] == "unet"].assign(region="calf")], ignore_index=True)
+    diffs = G.network_differences(mixed)
+    assert set(diffs["region"]) == {"thigh"} and len(diffs) == 3 * 30 * len(MUSCLES)
+    assert G.network_differences(mixed, reference="manual")["region"].eq("thigh").all()
+
+
+def test_site_test_needs_enough_participants_at_every_site(tidy):
+    assert G.site_test_coverage(tidy) is None                       # 10 per site
+    few = tidy[tidy["participant"].isin(["00", "01", "02", "03", "04", "05"])]   # 2 per site
+    reason = G.site_test_coverage(few)
+    assert reason and f"at least {G.MIN_PER_SITE}" in reason and "s0: 2" in reason
+    assert G.site_effects(few, metrics=["volume_ml"]).empty
+    assert "one site" in G.site_test_coverage(tidy.assign(site="only"))
+    assert len(G.site_effects(tidy, metrics=["volume_ml"], min_per_site=10)) == len(MUSCLES) * len(NETWORKS)
+    assert G.site_effects(tidy, metrics=["volume_ml"], min_per_site=11).empty
