@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from bids_muscle import __version__
+
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("dicom_dir", type=Path, help="folder with the DICOM files (searched recursively)")
     parser.add_argument("bids_dir", type=Path, help="BIDS dataset to write into (created if missing)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--participant-label", "--participant_label", required=True, metavar="LABEL",
                         help="participant label (with or without 'sub-')")
     parser.add_argument("--session-label", metavar="LABEL", help="session label (with or without 'ses-')")

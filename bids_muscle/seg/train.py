@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
+import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bids_muscle import __version__
 from bids_muscle.seg.infer import (
     model_grid_shape,
     predict_probabilities,
@@ -708,45 +712,254 @@ def train_region_classifier(
     return TrainingResult(card=card, card_path=card_path, history=history, best_val_dice=float("nan"), stopped_early=stopped_early)
 
 
-def find_training_pairs(
-    label_roots: Sequence[str | Path], image_suffix: str = "T1w", image_root: str | Path | None = None
-) -> list[tuple[Path, Path]]:
-    """Pair label maps with their images.
+#: ``desc-`` values of label maps that are not muscle label maps (the
+#: phantom's ground-truth tissue classes), skipped by name.
+NON_MUSCLE_DESCS = frozenset({"tissue"})
 
-    Every ``*_dseg.nii[.gz]`` under ``label_roots`` is a label map; its image
-    is the file ``<prefix>_*<image_suffix>.nii[.gz]`` under ``image_root`` (or
-    the label's own root), where ``<prefix>`` is the label file name without
-    its ``desc-`` entity and ``_dseg`` suffix. This covers a plain folder of
-    ``case_T1w.nii.gz`` / ``case_dseg.nii.gz`` pairs and a BIDS derivatives
-    folder with ``sub-X_acq-thigh_desc-manual_dseg.nii.gz`` next to a raw
-    BIDS dataset.
-    """
-    pairs = []
+
+def _name_parts(path: Path) -> tuple[list[str], str]:
+    """Underscore-separated parts of a NIfTI file name before its suffix, and the suffix."""
+    parts = path.name.split(".nii")[0].split("_")
+    return parts[:-1], parts[-1]
+
+
+def _entity(parts: Sequence[str], key: str) -> str | None:
+    for part in parts:
+        if part.startswith(f"{key}-"):
+            return part[len(key) + 1:]
+    return None
+
+
+def region_from_name(path: str | Path) -> str | None:
+    """Region a file name gives: its ``acq-<region>`` entity, else the one
+    region word in the name (``thigh_case01_dseg.nii.gz``); None when it
+    names neither or both regions."""
+    parts, _ = _name_parts(Path(path))
+    acq = _entity(parts, "acq")
+    if acq in REGIONS:
+        return acq
+    words = set(re.split(r"[_\-.]", Path(path).name.lower()))
+    found = [region for region in REGIONS if region in words]
+    return found[0] if len(found) == 1 else None
+
+
+def _label_table(label: Path, root: Path) -> Path | None:
+    """The BIDS label table (``*dseg.tsv``) of a label map: its sidecar's
+    ``LabelTable``, a ``.tsv`` of the same stem, or the most specific
+    ``[<entities>_]dseg.tsv`` in its folder or a parent folder up to ``root``
+    whose entities all appear in the map's name (BIDS inheritance)."""
+    stem = label.name.split(".nii")[0]
+    folders = list(dict.fromkeys([label.parent] + [p for p in label.parents if p == root or root in p.parents]))
+    sidecar = label.parent / f"{stem}.json"
+    if sidecar.is_file():
+        try:
+            named = json.loads(sidecar.read_text()).get("LabelTable")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if isinstance(named, str):
+            for folder in folders:
+                if (folder / named).is_file():
+                    return folder / named
+    if (label.parent / f"{stem}.tsv").is_file():
+        return label.parent / f"{stem}.tsv"
+    parts, _ = _name_parts(label)
+    for folder in folders:
+        tables = []
+        for table in folder.glob("*dseg.tsv"):
+            table_parts = table.name[: -len(".tsv")].split("_")[:-1]
+            if table.name.endswith("dseg.tsv") and table.name.split("_")[-1] == "dseg.tsv" and set(table_parts) <= set(parts):
+                tables.append((len(table_parts), table))
+        if tables:
+            return max(tables)[1]
+    return None
+
+
+def _muscle_names() -> set[str]:
+    return {text.lower() for region in REGIONS for lab in load_label_table(region) for text in (lab.name, lab.abbreviation)}
+
+
+def _not_a_muscle_map(label: Path, root: Path) -> str | None:
+    """Why ``label`` is not a muscle label map, judged by name and label
+    table; None when it may be one."""
+    parts, _ = _name_parts(label)
+    desc = _entity(parts, "desc")
+    if desc in NON_MUSCLE_DESCS:
+        return f"desc-{desc} maps are not muscle label maps"
+    table = _label_table(label, root)
+    if table is not None:
+        try:
+            with table.open(newline="") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t"))
+        except (OSError, csv.Error, UnicodeDecodeError):
+            return None
+        names = [str(row.get(key) or "").strip() for row in rows for key in ("name", "abbreviation")]
+        names = [n for n in names if n]
+        if names and not {n.lower() for n in names} & _muscle_names():
+            return f"its label table {table.name} names no muscles ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+    return None
+
+
+def select_label_maps(
+    label_roots: Sequence[str | Path], region: str | None = None, log: Callable[[str], None] | None = None
+) -> list[tuple[Path, Path]]:
+    """Muscle label maps under ``label_roots``, as (root, label map) pairs.
+
+    Every ``*_dseg.nii[.gz]`` is considered. A map is skipped (with the
+    reason passed to ``log``) when its name gives another region than
+    ``region`` (``acq-<region>`` or a region word in the name, see
+    :func:`region_from_name`), when its ``desc-`` marks a non-muscle map
+    (:data:`NON_MUSCLE_DESCS`, e.g. ``desc-tissue``), or when its BIDS label
+    table (``dseg.tsv``, ``desc-<x>_dseg.tsv`` or the sidecar's
+    ``LabelTable``) names no muscle of the label tables. Whether its values
+    fit the ``region`` table is checked when it is loaded
+    (:func:`check_label_map`)."""
+    selected = []
     for root in label_roots:
         root = Path(root)
-        search = Path(image_root) if image_root is not None else root
+        if not root.exists():
+            raise ValueError(f"{root}: label folder does not exist")
         for label in sorted(root.rglob("*_dseg.nii*")):
-            stem = label.name.split(".nii")[0]
-            entities = [part for part in stem.split("_")[:-1] if not part.startswith("desc-")]
-            prefix = "_".join(entities)
-            candidates = sorted(
-                p for p in search.rglob(f"{prefix}_*{image_suffix}.nii*") if p != label and "_dseg" not in p.name
-            )
-            if not candidates:
-                raise ValueError(f"no image '{prefix}_*{image_suffix}.nii[.gz]' under {search} for labels {label}")
-            pairs.append((candidates[0], label))
+            if not label.name.endswith((".nii", ".nii.gz")):
+                continue
+            named = region_from_name(label)
+            if region is not None and named is not None and named != region:
+                reason = f"a {named} map, not {region}"
+            else:
+                reason = _not_a_muscle_map(label, root)
+            if reason is not None:
+                if log is not None:
+                    log(f"skipped {label}: {reason}")
+                continue
+            selected.append((root, label))
+    return selected
+
+
+def _image_search_roots(label_root: Path, image_root: str | Path | None) -> list[Path]:
+    """Where the images of a label folder are looked for: ``image_root``;
+    else the label folder, then its dataset's ``DatasetLinks`` ``raw``
+    (a ``file://`` path) and the BIDS dataset around a ``derivatives`` folder."""
+    if image_root is not None:
+        return [Path(image_root)]
+    roots = [label_root]
+    description = label_root / "dataset_description.json"
+    if description.is_file():
+        try:
+            raw = json.loads(description.read_text()).get("DatasetLinks", {}).get("raw", "")
+        except (OSError, ValueError, AttributeError):
+            raw = ""
+        if isinstance(raw, str) and raw.startswith("file://") and Path(raw[len("file://"):]).is_dir():
+            roots.append(Path(raw[len("file://"):]))
+    if label_root.resolve().parent.name == "derivatives":
+        roots.append(label_root.resolve().parent.parent)
+    return list(dict.fromkeys(roots))
+
+
+class _ImageIndex:
+    """Images ``*_<suffix>.nii[.gz]`` under a folder, keyed by their name
+    parts without ``desc-`` (raw images before derivatives, then undescribed
+    before described)."""
+
+    def __init__(self, root: Path, suffix: str) -> None:
+        self.by_key: dict[tuple[str, ...], list[Path]] = {}
+        found = []
+        for path in root.rglob(f"*{suffix}.nii*"):
+            parts, last = _name_parts(path)
+            if last != suffix or not path.name.endswith((".nii", ".nii.gz")) or not path.is_file():
+                continue
+            relative = path.relative_to(root).parts
+            rank = ("derivatives" in relative[:-1], _entity(parts, "desc") is not None, str(path))
+            found.append((rank, tuple(p for p in parts if not p.startswith("desc-")), path))
+        for _, key, path in sorted(found):
+            self.by_key.setdefault(key, []).append(path)
+
+    def find(self, key: tuple[str, ...]) -> list[Path]:
+        """Images with exactly the parts ``key``, else those whose parts hold every part of ``key``."""
+        if key in self.by_key:
+            return self.by_key[key]
+        wanted = set(key)
+        return [paths[0] for other, paths in sorted(self.by_key.items()) if wanted <= set(other)]
+
+
+def find_training_pairs(
+    label_roots: Sequence[str | Path],
+    image_suffix: str = "T1w",
+    image_root: str | Path | None = None,
+    region: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[tuple[Path, Path]]:
+    """Pair the muscle label maps under ``label_roots`` with their images.
+
+    Label maps are chosen by :func:`select_label_maps` (``region``, muscle
+    maps only). The image of ``<parts>[_desc-<x>]_dseg.nii.gz`` is the
+    ``<parts>[_desc-<y>]_<image_suffix>.nii[.gz]`` with the same parts apart
+    from ``desc-`` (else the first whose name holds all of them, e.g. an
+    extra ``run-``) under ``image_root``; without ``image_root`` under the
+    label folder, then the raw dataset of a derivatives folder
+    (``DatasetLinks.raw`` or the folder above ``derivatives/``). Raw images
+    are preferred to derivatives. This covers a plain folder of
+    ``case_T1w.nii.gz`` / ``case_dseg.nii.gz`` pairs, a BIDS derivatives
+    folder (``sub-X_acq-thigh_desc-manual_dseg.nii.gz``) next to a raw BIDS
+    dataset, and the app's own output folder (``desc-<net>_dseg``).
+    """
+    pairs = []
+    indices: dict[Path, _ImageIndex] = {}
+    for root, label in select_label_maps(label_roots, region, log):
+        parts, _ = _name_parts(label)
+        key = tuple(p for p in parts if not p.startswith("desc-"))
+        searched = _image_search_roots(root, image_root)
+        candidates: list[Path] = []
+        for search in searched:
+            if search not in indices:
+                indices[search] = _ImageIndex(search, image_suffix)
+            candidates = [p for p in indices[search].find(key) if p != label]
+            if candidates:
+                break
+        if not candidates:
+            where = " or ".join(str(s) for s in searched)
+            raise ValueError(f"{label}: no image '{'_'.join(key)}[_desc-*]_{image_suffix}.nii[.gz]' under {where}")
+        pairs.append((candidates[0], label))
     return pairs
+
+
+def check_label_map(labels: np.ndarray, region: str, path: str | Path, named: bool = True) -> str | None:
+    """Check that a label map holds only indices of the ``region`` table.
+
+    Returns None when it does. A map whose name gives no region
+    (``named=False``) and that holds only indices of the other region's table
+    is not an error: the reason to skip it is returned. Anything else raises
+    ValueError naming ``path``."""
+    values = np.unique(labels)
+    allowed = {0} | {lab.index for lab in load_label_table(region)}
+    foreign = sorted(set(values.tolist()) - allowed)
+    if not foreign:
+        return None
+    for other in REGIONS:
+        if other != region and not named and set(values.tolist()) <= {0} | {lab.index for lab in load_label_table(other)}:
+            return f"holds {other} labels only, not {region}"
+    shown = ", ".join(str(int(v)) for v in foreign[:10]) + (", ..." if len(foreign) > 10 else "")
+    raise ValueError(
+        f"{path}: label map holds indices [{shown}] that are not in the {region} label table "
+        f"(bids_muscle/data/labels/{region}.tsv)"
+    )
 
 
 def _load_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     import nibabel as nib
 
-    image_img = nib.load(str(image_path))
-    label_img = nib.load(str(label_path))
-    image = np.asarray(image_img.dataobj, dtype=np.float32)
+    loaded = []
+    for path in (image_path, label_path):
+        try:
+            img = nib.load(str(path))
+            loaded.append((img, np.asarray(img.dataobj)))
+        except (OSError, ValueError, EOFError, nib.filebasedimages.ImageFileError) as error:
+            raise ValueError(f"{path}: cannot be read as NIfTI ({error})") from error
+    (image_img, image), (label_img, labels) = loaded
+    image = image.astype(np.float32)
     if image.ndim == 4:
         image = image[..., 0]
-    labels = np.rint(np.asarray(label_img.dataobj)).astype(np.int16)
+    if labels.ndim != 3:
+        raise ValueError(f"{label_path}: a label map must be 3D, got shape {labels.shape}")
+    labels = np.rint(labels).astype(np.int16)
     if image.shape != labels.shape:
         raise ValueError(f"{label_path}: shape {labels.shape} differs from its image {image_path} {image.shape}")
     if not np.allclose(image_img.affine, label_img.affine, atol=1e-3):
@@ -754,37 +967,58 @@ def _load_pair(image_path: Path, label_path: Path) -> tuple[np.ndarray, np.ndarr
     return image, labels, image_img.affine
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` unless the help already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``bids_muscle-train``."""
     parser = argparse.ArgumentParser(
         prog="bids_muscle-train",
-        description="Train or fine-tune a muscle segmentation model from (image, label) NIfTI pairs.",
+        description=(
+            "Train or fine-tune a muscle segmentation model from (image, label map) NIfTI pairs. --labels folders "
+            "are searched for *_dseg.nii[.gz]; maps of the other region (acq-<region> or a region word in the "
+            "name) and non-muscle maps (desc-tissue, or a label table naming no muscles) are skipped with the "
+            "reason; each map is paired with the image of the same name entities (desc- aside) and --image-suffix."
+        ),
+        formatter_class=_DefaultsHelpFormatter,
     )
     parser.add_argument("out_dir", type=Path, help="folder for <name>.pt and <name>.json")
-    parser.add_argument("--region", required=True, choices=REGIONS)
-    parser.add_argument("--architecture", default="unet2d", choices=SEGMENTATION_NETWORKS)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--region", required=True, choices=REGIONS, help="region of the model (required)")
+    parser.add_argument("--architecture", default="unet2d", choices=SEGMENTATION_NETWORKS, help="network")
     parser.add_argument("--labels", nargs="+", type=Path, default=[], metavar="DIR",
-                        help="folders with *_dseg.nii[.gz] label maps (plain folder or BIDS derivatives)")
-    parser.add_argument("--images-dir", type=Path, help="where to look for the images (e.g. the raw BIDS dataset)")
-    parser.add_argument("--image-suffix", default="T1w", help="suffix of the image files (default T1w)")
+                        help="folders with *_dseg.nii[.gz] label maps: a plain folder, BIDS derivatives "
+                             "(e.g. a phantom's derivatives/truth) or a bids_muscle output folder (default: none)")
+    parser.add_argument("--images-dir", type=Path,
+                        help="where to look for the images, e.g. the raw BIDS dataset (default: the label folder, "
+                             "then the raw dataset of a derivatives folder)")
+    parser.add_argument("--image-suffix", default="T1w", help="suffix of the image files")
     parser.add_argument("--pair", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"), type=Path,
-                        help="one explicit (image, label map) pair; repeatable")
-    parser.add_argument("--name", help="model name (default <region>_<architecture>)")
-    parser.add_argument("--base-features", type=int, help="network width of the first level")
-    parser.add_argument("--voxel-size", nargs=2, type=float, metavar=("X_MM", "Y_MM"), help="in-plane model voxel size (default 1 1)")
+                        help="one explicit (image, label map) pair; repeatable (default: none)")
+    parser.add_argument("--name", help="model name (default: <region>_<architecture>)")
+    parser.add_argument("--base-features", type=int, help="network width of the first level (default: the network's)")
+    parser.add_argument("--voxel-size", nargs=2, type=float, metavar=("X_MM", "Y_MM"),
+                        help="in-plane model voxel size in mm (default: 1 1, or that of --init-from)")
     parser.add_argument("--slice-mm", type=float, help="model slice spacing for 3D networks (default: native)")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--steps-per-epoch", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--patience", type=int, default=10)
-    parser.add_argument("--init-from", help="model card path or name to fine-tune")
-    parser.add_argument("--model-dir", type=Path, help="user model folder for --init-from names")
-    parser.add_argument("--contrast", default="any", help="input contrast written to the card (default any)")
-    parser.add_argument("--licence", default="", help="licence of the weights, for the card")
-    parser.add_argument("--time-limit", type=float, help="stop after this many seconds")
+    parser.add_argument("--epochs", type=int, default=100, help="most epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=50, help="batches per epoch")
+    parser.add_argument("--batch-size", type=int, default=8, help="patches per batch")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="AMSGrad Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, split, sampling and augmentation")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out for early stopping")
+    parser.add_argument("--patience", type=int, default=10, help="epochs without validation gain before stopping")
+    parser.add_argument("--init-from", help="model card path or name to fine-tune (default: none, train from scratch)")
+    parser.add_argument("--model-dir", type=Path, help="user model folder for --init-from names (default: none)")
+    parser.add_argument("--contrast", default="any", help="input contrast written to the card")
+    parser.add_argument("--licence", default="", help="licence of the weights, for the card (default: empty)")
+    parser.add_argument("--time-limit", type=float, help="stop after the epoch that passes this many seconds (default: none)")
     parser.add_argument("--threads", type=int, help="torch threads (default: all available cores)")
     return parser
 
@@ -792,23 +1026,38 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``bids_muscle-train``."""
     args = build_parser().parse_args(argv)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+
     try:
-        pairs = [(Path(i), Path(lab)) for i, lab in args.pair]
+        pairs = [(Path(i), Path(lab), True) for i, lab in args.pair]
         if args.labels:
-            pairs += find_training_pairs(args.labels, args.image_suffix, args.images_dir)
+            found = find_training_pairs(args.labels, args.image_suffix, args.images_dir, args.region, log)
+            pairs += [(i, lab, region_from_name(lab) is not None) for i, lab in found]
         if not pairs:
-            raise ValueError("give training data with --labels DIR or --pair IMAGE LABELS")
-        images, labels, affines = [], [], []
-        for image_path, label_path in pairs:
+            where = f" under {', '.join(str(p) for p in args.labels)}" if args.labels else ""
+            raise ValueError(f"no {args.region} muscle label maps{where}; give --labels DIR or --pair IMAGE LABELS")
+        images, labels, affines, used = [], [], [], []
+        for image_path, label_path, named in pairs:
             image, label, affine = _load_pair(image_path, label_path)
+            skip = check_label_map(label, args.region, label_path, named=named)
+            if skip is not None:
+                log(f"skipped {label_path}: {skip}")
+                continue
             images.append(image)
             labels.append(label)
             affines.append(affine)
+            used.append((image_path, label_path))
+        if not used:
+            raise ValueError(f"no {args.region} muscle label maps left to train on (reasons above)")
         arguments = {} if args.base_features is None else {"base_features": args.base_features}
         voxel = list(args.voxel_size) + [args.slice_mm] if args.voxel_size else None
         if voxel is None and args.slice_mm is not None:
             voxel = [1.0, 1.0, args.slice_mm]
-        print(f"training {args.architecture} on {len(pairs)} image(s) of the {args.region}", flush=True)
+        log(f"training {args.architecture} on {len(used)} image(s) of the {args.region}:")
+        for image_path, label_path in used:
+            log(f"  {label_path} with {image_path}")
 
         def report(record: dict[str, Any]) -> None:
             print(
@@ -837,7 +1086,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             init_from=args.init_from,
             model_dir=args.model_dir,
             input_contrast=args.contrast,
-            training_data=[{"image": str(i), "labels": str(lab)} for i, lab in pairs],
+            training_data=[{"image": str(i), "labels": str(lab)} for i, lab in used],
             licence=args.licence,
             time_limit_s=args.time_limit,
             num_threads=args.threads,
