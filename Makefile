@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= demo
+# The CPU build of torch: PyTorch's CPU index is searched beside PyPI, whose own
+# Linux wheel is the multi-GB CUDA build. Empty it to take PyPI's build (GPU use).
+TORCH_INDEX ?= --extra-index-url https://download.pytorch.org/whl/cpu
 
 export NIPYPE_NO_ET := 1
 export MPLBACKEND := Agg
@@ -14,20 +17,14 @@ export TEMPLATEFLOW_HOME := $(CURDIR)/bids_muscle/data/templateflow
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet torch==2.13.0 $(TORCH_INDEX)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	test -d $(DEMO)/bids || $(BIN)/bids_muscle-phantom $(DEMO)/bids --participants 2 --seed 0
-	$(BIN)/bids_muscle $(DEMO)/bids $(DEMO)/out participant -w $(DEMO)/work
-	$(BIN)/bids_muscle $(DEMO)/bids $(DEMO)/out group -w $(DEMO)/work
-	@echo
-	@echo "Participant reports: $(CURDIR)/$(DEMO)/out/sub-01.html, $(CURDIR)/$(DEMO)/out/sub-02.html"
-	@echo "Per-muscle tables:   $(CURDIR)/$(DEMO)/out/sub-*/anat/*_biomarkers.tsv"
-	@echo "Group tables:        $(CURDIR)/$(DEMO)/out/group/ (report.html, biomarkers.tsv)"
+	$(BIN)/bids_muscle-demo $(DEMO)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -100,6 +100,8 @@ def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "",
     group_dir = Path(out_dir) / "group"
     fig_dir = group_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    for old in fig_dir.glob("*.png"):  # the folder is the report's own: no figure of an earlier run stays
+        old.unlink()
     tidy = _read(tables["biomarkers"])
     figures, sections, flags = [], [], []
     for metric in [m for m in ("ff_dixon_percent_mean", "ff_mese_percent_mean", "water_t2_ms_mean", "mtr_percent_mean", "volume_ml") if m in tidy]:
