@@ -6,17 +6,21 @@ Exit codes: 0 success, 1 processing failed, 2 bad arguments or bad input.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 from bids_muscle import __version__
 from bids_muscle.config import Config, apply_environment_defaults
+from bids_muscle.preflight import InputError, check_dataset, check_folders
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class BadInput(Exception):
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = parser.add_argument_group("performance and execution")
     perf.add_argument("-w", "--work-dir", type=Path, default=Path("work"),
-                      help="nipype working directory (intermediate files; reused on reruns)")
+                      help="nipype working directory (intermediate files; reused on reruns); must lie outside bids_dir")
     perf.add_argument("--nprocs", "--n-cpus", type=_positive_int, default=os.cpu_count() or 1,
                       help="maximum number of processes for the MultiProc plugin")
     perf.add_argument("--omp-nthreads", type=_positive_int, default=1,
@@ -131,10 +135,10 @@ def parse_config(argv: list[str] | None = None) -> Config:
         parser.error(f"--reference-seg {opts.reference_seg}: folder not found")
     if opts.model_dir and not opts.model_dir.is_dir():
         parser.error(f"--model-dir {opts.model_dir}: folder not found")
-    if output_dir == bids_dir:
-        parser.error("output_dir must differ from bids_dir: the input dataset is never written to")
-    if bids_dir in output_dir.parents and output_dir.parent == bids_dir:
-        parser.error("output_dir must not be a top-level folder of bids_dir; use bids_dir/derivatives/<name>")
+    try:
+        check_folders(bids_dir, output_dir, opts.work_dir.expanduser().resolve())
+    except InputError as err:
+        parser.error(str(err))
     command = " ".join(shlex.quote(a) for a in ["bids_muscle", *(sys.argv[1:] if argv is None else argv)])
     return Config(
         bids_dir=bids_dir,
@@ -204,6 +208,10 @@ def _run_workflow(workflow, config: Config) -> list[Path]:
         # local plugins: poll often; a chain of short nodes otherwise waits 2 s per step
         workflow.config["execution"]["poll_sleep_duration"] = 0.05
     before = set(crash_dir.glob("crash-*"))
+    # MultiProc calls gc.collect() at every scheduling step; with torch and the
+    # scientific stack loaded each call walks the whole heap (0.2 s). Freezing
+    # what exists now leaves it only the objects made while the graph runs.
+    gc.freeze()
     try:
         workflow.run(plugin=config.plugin, plugin_args=config.plugin_args())
     except Exception as err:  # nipype raises RuntimeError; plugins may raise others
@@ -225,14 +233,26 @@ def _summarise_crashes(crashes: list[Path]) -> None:
 
 
 def available_networks(config: Config) -> dict[str, list[str]]:
-    """Networks with a model for each region (the requested ones, or each
-    region's default); a requested network without any model is bad input."""
+    """Networks with a model for each region: the requested ones, or each
+    region's default plus every network that ``--model-dir`` holds a model
+    ``<region>_<net>`` for (a model a user trained is meant to be used). A
+    requested network without any model is bad input."""
     from bids_muscle.interfaces.segmentation import model_name
+    from bids_muscle.seg.nets import SEGMENTATION_NETWORKS
     from bids_muscle.seg.zoo import list_models, region_networks
 
     names = {card.name for card in list_models(config.model_dir)}
-    found = {region: [n for n in region_networks(region, config.networks) if model_name(region, n) in names]
-             for region in config.regions}
+    user = {card.name for card in list_models(config.model_dir, package=False)} if config.model_dir else set()
+    found = {}
+    for region in config.regions:
+        nets = list(region_networks(region, config.networks))
+        if not config.networks:
+            extra = [n for n in SEGMENTATION_NETWORKS if n not in nets and model_name(region, n) in user]
+            if extra:
+                _log(f"{region}: --model-dir {config.model_dir} holds {', '.join(model_name(region, n) for n in extra)}: "
+                     f"running {', '.join(extra)} beside the default {', '.join(nets)}")
+            nets += extra
+        found[region] = [n for n in nets if model_name(region, n) in names]
     for net in config.networks:
         if not any(net in nets for nets in found.values()):
             have = ", ".join(sorted(names)) or "none"
@@ -319,7 +339,7 @@ def run_participant(config: Config) -> int:
             _log(f"{tag}: FAILED after {time.time() - t0:.0f} s")
         else:
             done += 1
-            _log(f"{tag}: done in {time.time() - t0:.0f} s -> {config.output_dir / f'sub-{sub}.html'}")
+            _log(f"{tag}: done in {time.time() - t0:.0f} s -> {bids.report_path(config.output_dir, sub, ses)}")
     _summarise_crashes(crashes)
     _log(f"{done} of {len(pairs)} participant(s) finished; outputs in {config.output_dir}")
     if crashes:
@@ -331,7 +351,6 @@ def run_group(config: Config) -> int:
     from bids_muscle import bids
     from bids_muscle.workflows.group import init_group_wf
 
-    bids.check_dataset(config.bids_dir)
     if not (config.output_dir / "dataset_description.json").is_file():
         raise BadInput(f"{config.output_dir}: no participant outputs found; run the participant level first")
     _check_writable(config.work_dir)
@@ -344,19 +363,38 @@ def run_group(config: Config) -> int:
     return EXIT_OK
 
 
+def _quiet_interrupts() -> None:
+    """Ctrl-C ends the run with one line: worker processes (forked by MultiProc,
+    inheriting this handler) leave silently, the main process raises
+    KeyboardInterrupt for :func:`main` to report, and the process pool's
+    complaints about its vanished workers are not printed."""
+    main_pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:
+            os._exit(EXIT_INTERRUPTED)
+        logging.getLogger("concurrent.futures").disabled = True
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     apply_environment_defaults()
     config = parse_config(argv)
-    from bids_muscle.bids import InputError
-
-    _configure_nipype(config)
     try:
+        check_dataset(config.bids_dir)  # before the heavy imports: a wrong path is refused at once
+        _quiet_interrupts()
+        _configure_nipype(config)
         if config.analysis_level == "participant":
             return run_participant(config)
         return run_group(config)
     except (InputError, BadInput) as err:
         print(f"bids_muscle: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"bids_muscle: interrupted; rerun with the same -w to resume ({config.work_dir})", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

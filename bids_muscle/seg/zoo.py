@@ -306,10 +306,11 @@ def _dequantise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def list_models(model_dir: str | Path | None = None) -> list[ModelCard]:
-    """Cards of the package models and of ``model_dir`` (unreadable cards are
-    skipped; :func:`load_model` reports their errors)."""
-    folders = [package_model_dir()] + ([Path(model_dir)] if model_dir is not None else [])
+def list_models(model_dir: str | Path | None = None, package: bool = True) -> list[ModelCard]:
+    """Cards of the package models (unless ``package`` is False) and of
+    ``model_dir`` (unreadable cards are skipped; :func:`load_model` reports
+    their errors)."""
+    folders = ([package_model_dir()] if package else []) + ([Path(model_dir)] if model_dir is not None else [])
     cards = []
     for folder in folders:
         if not folder.is_dir():

@@ -48,8 +48,38 @@ def test_config_from_argv(tmp_path):
 
 def test_output_inside_input_top_level_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as ex:
-        parse_config([str(tmp_path), str(tmp_path / "out"), "participant"])
+        parse_config([str(tmp_path), str(tmp_path / "out"), "participant", "-w", str(tmp_path.parent / "w")])
     assert ex.value.code == 2
+    with pytest.raises(SystemExit) as ex:
+        parse_config([str(tmp_path), str(tmp_path / "sub-01" / "out"), "participant", "-w", str(tmp_path.parent / "w")])
+    assert ex.value.code == 2
+    # the BIDS convention is allowed
+    cfg = parse_config([str(tmp_path), str(tmp_path / "derivatives" / "bids_muscle"), "participant",
+                        "-w", str(tmp_path.parent / "w")])
+    assert cfg.output_dir == tmp_path / "derivatives" / "bids_muscle"
+
+
+def test_work_folder_inside_the_input_is_refused(tmp_path, monkeypatch, capsys):
+    bids_dir = tmp_path / "bids"
+    bids_dir.mkdir()
+    monkeypatch.chdir(bids_dir)  # bids_muscle . OUT participant: the default ./work would land inside the dataset
+    for args in ([".", str(tmp_path / "out"), "participant"],
+                 [str(bids_dir), str(tmp_path / "out"), "participant", "-w", str(bids_dir / "derivatives" / "work")]):
+        with pytest.raises(SystemExit) as ex:
+            parse_config(args)
+        assert ex.value.code == 2
+        assert "inside the input dataset" in capsys.readouterr().err
+    assert list(bids_dir.iterdir()) == []
+
+
+def test_bad_paths_are_refused_before_the_heavy_imports(tmp_path):
+    probe = ("import sys; from bids_muscle.cli.run import main; "
+             f"code = main([{str(tmp_path / 'missing')!r}, {str(tmp_path / 'out')!r}, 'participant', "
+             f"'-w', {str(tmp_path / 'w')!r}]); "
+             "print(code, sorted(m for m in ('nipype', 'torch', 'bids', 'nibabel') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split("\n")[0] == "2 []", proc.stdout + proc.stderr
+    assert "missing: input folder does not exist" in proc.stderr
 
 
 def _snapshot(root: Path):
@@ -154,3 +184,43 @@ def test_shipped_region_classifier_routes_phantom_images(tmp_path, capsys):
     assert "the region classifier says calf" in capsys.readouterr().out
     assert region_classifier(Config(bids_dir=root, output_dir=tmp_path, analysis_level="participant", work_dir=tmp_path,
                                     model_dir=str(tmp_path / "empty"))) is not None  # the package model is the fallback
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_one_line_and_the_rerun_resumes(tiny_bids, tmp_path):
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "bids_muscle.cli.run", str(tiny_bids), str(tmp_path / "out"), "participant",
+            "--sloppy", "-w", str(tmp_path / "work"), "--nprocs", "2"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "work").glob("sub_01_wf/*/*/result_*.pklz")):
+        time.sleep(0.2)  # interrupt once the graph runs: a node has finished
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert err.strip().splitlines() == [f"bids_muscle: interrupted; rerun with the same -w to resume ({tmp_path / 'work'})"]
+    assert "Traceback" not in out + err
+    assert not list((tmp_path / "out").rglob("*.tmp*"))
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (tmp_path / "out" / "sub-01" / "anat" / "sub-01_acq-calf_desc-water_T2map.nii.gz").is_file()
+
+
+def test_a_model_dir_model_of_another_network_runs_beside_the_default(tmp_path, capsys):
+    from bids_muscle.cli.run import available_networks
+    from bids_muscle.seg.zoo import find_card
+
+    card = find_card("calf_hrnet", None)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(card, models / card.name)
+    shutil.copy(card.with_suffix(".pt"), models / "calf_hrnet.pt")
+    cfg = parse_config([str(tmp_path / "in"), str(tmp_path / "o"), "participant", "--model-dir", str(models),
+                        "-w", str(tmp_path / "w")])
+    assert available_networks(cfg) == {"thigh": ["unet3d"], "calf": ["unet2d", "hrnet"]}
+    assert "calf_hrnet" in capsys.readouterr().out
+    named = parse_config([str(tmp_path / "in"), str(tmp_path / "o"), "participant", "--model-dir", str(models),
+                          "--networks", "unet2d", "-w", str(tmp_path / "w")])
+    assert available_networks(named) == {"thigh": ["unet2d"], "calf": ["unet2d"]}
