@@ -10,6 +10,7 @@ half-written file under a final name.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import tempfile
@@ -22,6 +23,7 @@ import numpy as np
 from bids.layout import Query
 
 from bids_muscle import __version__
+from bids_muscle.preflight import InputError, check_dataset  # noqa: F401  (part of this module's interface)
 
 REGIONS = ("thigh", "calf")
 
@@ -46,10 +48,6 @@ DESCRIPTIONS = {
 }
 
 
-class InputError(ValueError):
-    """Bad or inconsistent input; the message names the file and the problem."""
-
-
 # ---------------------------------------------------------------- names
 
 
@@ -68,6 +66,11 @@ def subject_dir(out_dir: Path, sub: str, ses: str | None) -> Path:
     if ses:
         path = path / f"ses-{ses}"
     return path / "anat"
+
+
+def report_path(out_dir: Path, sub: str, ses: str | None) -> Path:
+    """The participant report ``sub-<p>[_ses-<s>].html`` at the top of the derivatives."""
+    return Path(out_dir) / (f"sub-{sub}" + (f"_ses-{ses}" if ses else "") + ".html")
 
 
 def derivative_path(out_dir: Path, entities: dict, suffix: str, extension: str = ".nii.gz") -> Path:
@@ -92,14 +95,23 @@ def _atomic_target(path: Path):
     return Path(tmp)
 
 
+def _replace_if_changed(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` onto ``path`` atomically, unless ``path`` already holds the same bytes:
+    an unchanged output keeps its time stamp, so a rerun changes nothing and what
+    depends on it stays cached."""
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        return
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
+    """Write ``text`` to ``path`` via a temporary file and an atomic rename (untouched when unchanged)."""
     path = Path(path)
     tmp = _atomic_target(path)
     try:
         tmp.write_text(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _replace_if_changed(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -120,7 +132,7 @@ def _json_default(obj):
 
 
 def save_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray, header=None) -> Path:
-    """Save an array as NIfTI through a temporary file and an atomic rename."""
+    """Save an array as NIfTI through a temporary file and an atomic rename (untouched when unchanged)."""
     path = Path(path)
     img = nb.Nifti1Image(np.asarray(data), affine, header)
     img.set_qform(affine, code=1)
@@ -128,8 +140,7 @@ def save_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray, header=N
     tmp = _atomic_target(path)
     try:
         nb.save(img, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        _replace_if_changed(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -240,7 +251,10 @@ class RegionInputs:
     t1w: Path | None = None
     dixon_water: Path | None = None
     dixon_fat: Path | None = None
+    pdw: Path | None = None
+    t2w: Path | None = None
     tb1map: Path | None = None
+    tb1map_units: str | None = None  # ``Units`` of the TB1map sidecar (BIDS recommends percent)
     b1_dam: Series | None = None  # double-angle pair, sorted by FlipAngle
     field_strength_t: float | None = None
     refocusing_flip_angle_deg: float | None = None
@@ -254,10 +268,35 @@ class RegionInputs:
 
     @property
     def anatomical_reference(self) -> Path | None:
-        """T1w if present, else Dixon water, else the first MESE echo, else MEGRE echo 1, else MT-off."""
+        """Image the muscles are segmented on and N4 is shown on, or None.
+
+        In order of preference:
+
+        1. ``T1w``: the anatomical contrast of muscle protocols (fat bright,
+           muscle grey, fascia and cortical bone dark), usually the finest
+           grid of the session;
+        2. Dixon water (``rec-water_T1w``): the same geometry without fat, so
+           muscle borders against infiltrated fat stay visible;
+        3. ``PDw``, then ``T2w``: dedicated anatomical images, finer in plane
+           and thinner in slice than the quantitative series. PDw comes first
+           because its muscle / fat / fascia contrast is the closer to T1w
+           and its SNR the higher; T2w in muscle protocols is often fat
+           suppressed (STIR or SPAIR, for oedema), which hides the fat
+           septa and the subcutaneous fat that bound the muscles;
+        4. the first MESE echo (TE about 10 ms: proton-density like, but on
+           the coarser quantitative grid), then MEGRE echo 1, then MT-off.
+
+        A region with only a double-angle B1 pair (``fmap``) has no
+        reference: the flip-angle images are low-resolution,
+        T1-saturated gradient echoes of unknown contrast on which neither
+        N4 nor a segmentation is meaningful, so such a region gets its
+        ``desc-dam_TB1map`` only.
+        """
         for candidate in (
             self.t1w,
             self.dixon_water,
+            self.pdw,
+            self.t2w,
             self.mese.files[0] if self.mese else None,
             self.megre_mag.files[0] if self.megre_mag else None,
             self.mt_off,
@@ -266,13 +305,27 @@ class RegionInputs:
                 return candidate
         return None
 
+    @property
+    def b1_prior(self) -> tuple[str, list[Path]] | None:
+        """Measured B1 the EPG fits of the MESE are constrained by: ``("tb1map", [file])``
+        for a B1 map of the dataset, else ``("dam", [alpha, 2 alpha])`` for the
+        app's own double-angle map, else None. The dataset's map comes first:
+        it is what the dataset declares the transmit field to be (often the
+        scanner's own B1 map, or one made from the TB1DAM pair beside it)."""
+        if self.tb1map is not None:
+            return "tb1map", [self.tb1map]
+        if self.b1_dam is not None:
+            return "dam", list(self.b1_dam.files)
+        return None
+
     def all_files(self) -> list[Path]:
         files = []
         for series in (self.mese, self.megre_mag, self.megre_phase):
             if series:
                 files += series.files
         files += self.b1_dam.files if self.b1_dam else []
-        files += [f for f in (self.mt_on, self.mt_off, self.t1w, self.dixon_water, self.dixon_fat, self.tb1map) if f]
+        files += [f for f in (self.mt_on, self.mt_off, self.t1w, self.dixon_water, self.dixon_fat, self.pdw, self.t2w,
+                              self.tb1map) if f]
         return files
 
 
@@ -285,22 +338,6 @@ def region_of(acquisition: str | None, allowed: tuple[str, ...]) -> str | None:
         if region in low:
             return region
     return None
-
-
-def check_dataset(bids_dir: Path) -> None:
-    """Fail with :class:`InputError` when ``bids_dir`` is not a BIDS dataset."""
-    bids_dir = Path(bids_dir)
-    if not bids_dir.is_dir():
-        raise InputError(f"{bids_dir}: input folder does not exist")
-    desc = bids_dir / "dataset_description.json"
-    if not desc.is_file():
-        raise InputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    try:
-        content = json.loads(desc.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{desc}: invalid JSON ({err.msg}, line {err.lineno})") from None
-    if "BIDSVersion" not in content:
-        raise InputError(f"{desc}: BIDSVersion is missing")
 
 
 def load_layout(bids_dir: Path, validate: bool = True):
@@ -464,17 +501,21 @@ def collect_inputs(
         rin.t1w = _single(query(suffix="T1w", reconstruction=Query.NONE, **acq_q), "T1w")
         rin.dixon_water = _single(query(suffix="T1w", reconstruction="water", **acq_q), "Dixon water")
         rin.dixon_fat = _single(query(suffix="T1w", reconstruction="fat", **acq_q), "Dixon fat")
+        rin.pdw = _single(query(suffix="PDw", reconstruction=Query.NONE, **acq_q), "PDw")
+        rin.t2w = _single(query(suffix="T2w", reconstruction=Query.NONE, **acq_q), "T2w")
         rin.tb1map = _single(query(suffix="TB1map", **acq_q), "TB1map")
+        if rin.tb1map is not None:
+            rin.tb1map_units = _metadata(rin.tb1map, layout).get("Units")
         dam = query(suffix="TB1DAM", **acq_q)
         if dam:
             rin.b1_dam = _double_angle_pair(dam, layout)
         if (rin.dixon_water is None) != (rin.dixon_fat is None):
             have = rin.dixon_water or rin.dixon_fat
             raise InputError(f"{have}: scanner Dixon needs both rec-water and rec-fat images")
-        if rin.anatomical_reference is None:
-            continue
+        if rin.anatomical_reference is None and rin.b1_dam is None:
+            continue  # nothing to compute (a TB1map alone only serves the MESE fits)
         if pending:
-            rin.region, rin.region_probabilities = classify(rin.anatomical_reference)
+            rin.region, rin.region_probabilities = classify(rin.anatomical_reference or rin.b1_dam.files[0])
             if rin.region not in regions:
                 continue
         if rin.region in seen_regions:

@@ -127,3 +127,68 @@ def test_files_without_acq_are_routed_by_the_classifier(small_phantom, tmp_path)
     assert rin.entities["acq"] == "calf" and len(rin.mese.files) == 17
     assert bids.collect_inputs(layout, "01", None, regions=("thigh", "calf"),
                                classify=lambda path: ("thigh", {"thigh": 1.0, "calf": 0.0}))[0].region == "thigh"
+
+
+def _write_anat(root, name, like, datatype="anat", meta=None):
+    """A copy of image ``like`` (same grid) named ``name`` with a small sidecar."""
+    folder = root / "sub-01" / datatype
+    folder.mkdir(exist_ok=True)
+    shutil.copy(like, folder / name)
+    (folder / name.replace(".nii.gz", ".json")).write_text(json.dumps(meta or {"EchoTime": 0.02}))
+    return folder / name
+
+
+def test_pdw_and_t2w_are_anatomical_references_after_t1w_and_dixon(small_phantom, tmp_path):
+    root = _copy(small_phantom, tmp_path)
+    anat = root / "sub-01/anat"
+    t1w = anat / "sub-01_acq-calf_T1w.nii.gz"
+    pdw = _write_anat(root, "sub-01_acq-calf_PDw.nii.gz", t1w)
+    t2w = _write_anat(root, "sub-01_acq-calf_T2w.nii.gz", t1w)
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert (rin.pdw, rin.t2w) == (pdw, t2w) and rin.anatomical_reference == t1w
+    assert pdw in rin.all_files() and t2w in rin.all_files()
+    t1w.unlink()
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert rin.anatomical_reference == pdw  # before T2w and before the first MESE echo
+    pdw.unlink()
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert rin.anatomical_reference == t2w
+    for path in list(anat.glob("*")):
+        if "_T2w." not in path.name:
+            path.unlink()
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)  # a T2w alone is a participant
+    assert rin.anatomical_reference == t2w and rin.mese is None
+
+
+def test_a_double_angle_pair_alone_is_a_participant_without_reference(small_phantom, tmp_path):
+    root = _copy(small_phantom, tmp_path)
+    t1w = root / "sub-01/anat/sub-01_acq-calf_T1w.nii.gz"
+    for k, angle in ((1, 60), (2, 120)):
+        _write_anat(root, f"sub-01_acq-calf_flip-{k}_TB1DAM.nii.gz", t1w, "fmap", {"FlipAngle": angle})
+    shutil.rmtree(root / "sub-01/anat")
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert rin.anatomical_reference is None and [m["FlipAngle"] for m in rin.b1_dam.metadata] == [60, 120]
+    assert rin.b1_prior == ("dam", rin.b1_dam.files)
+    # without acq-, the region classifier looks at the alpha image
+    for path in root.glob("sub-01/fmap/*"):
+        path.rename(path.with_name(path.name.replace("_acq-calf", "")))
+    seen = []
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None,
+                                 classify=lambda p: (seen.append(p), ("calf", {"thigh": 0.2, "calf": 0.8}))[1])
+    assert seen == [rin.b1_dam.files[0]] and rin.region == "calf"
+
+
+def test_a_b1_map_of_the_dataset_is_the_prior_before_the_double_angle_pair(small_phantom, tmp_path):
+    root = _copy(small_phantom, tmp_path)
+    t1w = root / "sub-01/anat/sub-01_acq-calf_T1w.nii.gz"
+    for k, angle in ((1, 60), (2, 120)):
+        _write_anat(root, f"sub-01_acq-calf_flip-{k}_TB1DAM.nii.gz", t1w, "fmap", {"FlipAngle": angle})
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert rin.b1_prior[0] == "dam"
+    tb1map = _write_anat(root, "sub-01_acq-calf_TB1map.nii.gz", t1w, "fmap", {"Units": "percent"})
+    (rin,) = bids.collect_inputs(bids.load_layout(root), "01", None)
+    assert rin.b1_prior == ("tb1map", [tb1map]) and rin.tb1map_units == "percent"
+    shutil.rmtree(root / "sub-01/anat")
+    for path in root.glob("sub-01/fmap/*TB1DAM*"):
+        path.unlink()
+    assert bids.collect_inputs(bids.load_layout(root), "01", None) == []  # a B1 map alone gives nothing to compute

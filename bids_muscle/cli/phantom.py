@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from bids_muscle import __version__
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -20,10 +22,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("out_dir", type=Path, help="new (or empty) folder to write the dataset into")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--participants", type=int, default=2, help="number of participants (labelled 01, 02, ...)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--regions", nargs="+", choices=["thigh", "calf"], default=["thigh", "calf"], help="regions to draw")
     parser.add_argument("--slices", type=int, default=8, help="axial slices per region")
+    parser.add_argument("--b1", nargs="+", choices=["tb1map", "tb1dam"], default=[],
+                        help="also write measured B1 under fmap/: a B1 map in percent on a 2x coarser grid "
+                             "(TB1map) and/or a double-angle pair at 60/120 deg (TB1DAM); other images are unchanged")
     return parser
 
 
@@ -34,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         out = generate_dataset(
-            opts.out_dir, opts.participants, opts.seed, tuple(dict.fromkeys(opts.regions)), opts.slices, progress=print
+            opts.out_dir, opts.participants, opts.seed, tuple(dict.fromkeys(opts.regions)), opts.slices, progress=print,
+            b1=tuple(dict.fromkeys(opts.b1)),
         )
     except (FileExistsError, ValueError) as err:
         print(f"bids_muscle-phantom: error: {err}", file=sys.stderr)

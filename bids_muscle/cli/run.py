@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only this session (with or without 'ses-'); all sessions when omitted")
     sel.add_argument("--bids-filter-file", type=_json_file, default={}, metavar="FILE",
                      help="JSON object of extra pybids filters per input, keyed by lower-case suffix "
-                          "(mese, megre, mtr, t1w, tb1map), e.g. {\"mese\": {\"run\": 1}}")
+                          "(mese, megre, mtr, t1w, pdw, t2w, tb1map, tb1dam), e.g. {\"mese\": {\"run\": 1}}")
     sel.add_argument("--regions", nargs="+", choices=["thigh", "calf"], default=["thigh", "calf"],
                      help="regions to process; files are matched by acq-thigh / acq-calf (files without acq- go to the "
                           "only region given, or to the region classifier's choice)")

@@ -22,6 +22,9 @@ class _FitMESEInputSpec(BaseInterfaceInputSpec):
     repetition_time = traits.Either(None, traits.Float, usedefault=True, desc="TR in seconds")
     sloppy = traits.Bool(False, usedefault=True, desc="coarse dictionaries")
     denoise = traits.Enum("mppca", "none", usedefault=True, desc="denoising of the echoes before the fits")
+    b1_map = File(exists=True, desc="measured B1 map (any grid; resampled to the MESE grid) constraining both fits")
+    b1_units = traits.Str("", usedefault=True, desc="Units of the B1 map sidecar ('percent' or relative)")
+    b1_source = traits.Str("", usedefault=True, desc="where the B1 map comes from, for the sidecars")
 
 
 class _FitMESEOutputSpec(TraitedSpec):
@@ -50,6 +53,28 @@ class FitMESE(SimpleInterface):
         single_grid = {"n_t2": 40, "n_b1": 15} if self.inputs.sloppy else {}
         wf_grid = {"n_t2": 24, "n_b1": 15} if self.inputs.sloppy else {}
         denoising = {}
+        b1_prior, b1_meta = None, {}
+        if self.inputs.b1_map:
+            from bids_muscle.interfaces.images import load_volume
+
+            raw_b1, b1_affine = load_volume(self.inputs.b1_map)
+            try:
+                b1_prior = b1map.b1_on_grid(b1map.relative_b1(raw_b1, self.inputs.b1_units or None), b1_affine,
+                                            echoes.shape[:3], img.affine)
+            except ValueError as err:
+                raise ValueError(f"{self.inputs.b1_map}: {err}") from None
+            n_b1 = wf_grid.get("n_b1", 41)
+            step = (t2fit.B1_RANGE[1] - t2fit.B1_RANGE[0]) / (n_b1 - 1)
+            inside = mask if mask is not None else np.ones(b1_prior.shape, bool)
+            measured = np.isfinite(b1_prior) & inside
+            b1_meta = {"B1Source": self.inputs.b1_source or "measured B1 map", "B1Regularisation": {
+                "Method": "dictionary search restricted to B1 within B1Tolerance of the measured B1 map "
+                          "(resampled linearly to the MESE grid); unconstrained where the map has no value; "
+                          "the sub-grid refinement may move the B1 up to one dictionary step further",
+                "B1Tolerance": round(max(0.05, 2 * step), 4),
+                "DictionaryB1Step": round(step, 4),
+                "MeasuredB1Coverage": round(float(measured.sum() / max(int(inside.sum()), 1)), 4),
+                "MeasuredB1Median": round(float(np.median(b1_prior[measured])), 4) if measured.any() else None}}
         try:
             if self.inputs.denoise == "mppca":
                 window = default_window(echoes.shape[3])
@@ -59,17 +84,22 @@ class FitMESE(SimpleInterface):
                     "Method": "local PCA with Marchenko-Pastur thresholding (Veraart et al. 2016)",
                     "Window": f"{window}x{window} in-plane",
                     "MedianComponentsKept": int(np.median(kept)) if kept.size else 0}}
-            single = t2fit.fit_t2_single(echoes, te, mask=mask, **common, **single_grid)
-            water_fat = t2fit.fit_t2_water_fat(echoes, te, mask=mask, tr_s=tr, **common, **wf_grid)
+            single = t2fit.fit_t2_single(echoes, te, mask=mask, b1_map=b1_prior, **common, **single_grid)
+            water_fat = t2fit.fit_t2_water_fat(echoes, te, mask=mask, tr_s=tr, b1_map=b1_prior, **common, **wf_grid)
         except ValueError as err:
             raise ValueError(f"{self.inputs.in_file}: {err}") from None
+        if b1_meta:  # near +B1Tolerance or -B1Tolerance: the echo trains disagree with the map
+            offset = (water_fat["b1"] - b1_prior)[measured]
+            offset = offset[np.isfinite(offset)]
+            b1_meta["B1Regularisation"]["MedianWaterFatB1MinusMeasured"] = (
+                round(float(np.median(offset)), 4) if offset.size else None)
         for key, data in (("t2", single["t2_s"]), ("pd", single["pd"]), ("water_t2", water_fat["water_t2_s"]),
                           ("ff", water_fat["ff_percent"]), ("b1", water_fat["b1"])):
             self._results[key] = save_image(data.astype(np.float32), img.affine, f"mese_{key}.nii.gz", runtime.cwd)
         self._results["single_metadata"] = {
-            **t2fit.dictionary_description(te, model="single", **common, **single_grid), **denoising}
+            **t2fit.dictionary_description(te, model="single", **common, **single_grid), **denoising, **b1_meta}
         self._results["water_fat_metadata"] = {
-            **t2fit.dictionary_description(te, model="water_fat", tr_s=tr, **common, **wf_grid), **denoising}
+            **t2fit.dictionary_description(te, model="water_fat", tr_s=tr, **common, **wf_grid), **denoising, **b1_meta}
         return runtime
 
 
@@ -159,23 +189,62 @@ class _TwoPointInputSpec(BaseInterfaceInputSpec):
 class _TwoPointOutputSpec(TraitedSpec):
     t2 = File(exists=True, desc="T2 (s)")
     s0 = File(exists=True, desc="signal extrapolated to t=0")
+    metadata = traits.Dict(desc="sidecar fields (Registration when the echoes are separate series)")
+
+
+def _registration_metadata(info: dict) -> dict:
+    dof = info["degrees_of_freedom"]
+    return {
+        "Method": (f"rigid ({'in-plane, 3' if dof == 3 else '6'} degrees of freedom), SimpleITK, of the second "
+                   "echo onto the first (a separate series), resampled by cubic B-spline; kept only when it "
+                   "lowers the edge artefacts of ln(S1/S2) (mean in-plane gradient magnitude in the body)"),
+        "Metric": "Mattes mutual information, 32 bins, two levels (2x shrunk), images smoothed by one "
+                  "in-plane voxel at full resolution",
+        "Applied": info["applied"],
+        "TranslationMm": [round(t, 3) for t in info["translation_mm"]],
+        "RotationDeg": [round(a, 3) for a in info["rotation_deg"]],
+        "RotationCenterMm": [round(c, 2) for c in info["center_mm"]],
+        "MaxDisplacementMm": round(info["max_displacement_mm"], 3),
+        "EdgeEnergyBefore": round(info["edge_energy_before"], 5),
+        "EdgeEnergyAfter": round(info["edge_energy_after"], 5),
+        "Convention": "array axes i, j, k of the first echo; the transform maps a point of the first echo "
+                      "to the same anatomy in the second (translation = displacement of the second echo)",
+    }
 
 
 class TwoPointT2(SimpleInterface):
-    """T2 = (TE2 - TE1) / ln(S1 / S2) from a 2-echo spin echo."""
+    """T2 = (TE2 - TE1) / ln(S1 / S2) from a 2-echo spin echo.
+
+    When the echoes are separate files (not two volumes of one 4D file), the
+    second is put on the first's grid (by the affines if they differ) and
+    registered rigidly onto it (:func:`bids_muscle.qmri.se2echo.align_second_echo`).
+    """
 
     input_spec = _TwoPointInputSpec
     output_spec = _TwoPointOutputSpec
 
     def _run_interface(self, runtime):
-        stack, affine = load_series(list(self.inputs.in_files), self.inputs.volumes or None)
+        from bids_muscle.interfaces.images import load_volume
+
+        files = list(self.inputs.in_files)
+        volumes = self.inputs.volumes or [None] * len(files)
         te1, te2 = self.inputs.echo_times
+        s1, affine = load_volume(files[0], volumes[0])
+        s2, affine2 = load_volume(files[1], volumes[1])
+        metadata = {}
         try:
-            out = se2echo.t2_two_point(stack[..., 0], stack[..., 1], te1, te2, mask=foreground_mask(stack[..., 0]))
-        except ValueError as err:
-            raise ValueError(f"{self.inputs.in_files[0]}: {err}") from None
+            mask = foreground_mask(s1)
+            if files[0] != files[1]:
+                if s2.shape != s1.shape or not np.allclose(affine, affine2, atol=1e-3):
+                    s2 = np.nan_to_num(mtr.resample_to_grid(s2, affine2, s1.shape, affine, order=3, cval=0.0))
+                s2, info = se2echo.align_second_echo(s1, s2, nb.affines.voxel_sizes(affine), mask)
+                metadata["Registration"] = _registration_metadata(info)
+            out = se2echo.t2_two_point(s1, s2, te1, te2, mask=mask)
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"{files[0]}: {err}") from None
         self._results["t2"] = save_image(out["t2_s"], affine, "t2_twopoint.nii.gz", runtime.cwd)
         self._results["s0"] = save_image(out["s0"], affine, "s0_twopoint.nii.gz", runtime.cwd)
+        self._results["metadata"] = metadata
         return runtime
 
 

@@ -7,6 +7,8 @@ Layout::
     OUT/sub-01/anat/sub-01_acq-thigh_echo-<n>_part-{mag,phase}_MEGRE.nii.gz
     OUT/sub-01/anat/sub-01_acq-thigh_mt-{on,off}_MTR.nii.gz
     OUT/sub-01/anat/sub-01_acq-thigh_T1w.nii.gz
+    OUT/sub-01/fmap/sub-01_acq-thigh_TB1map.nii.gz                 with b1=("tb1map",)
+    OUT/sub-01/fmap/sub-01_acq-thigh_flip-<1,2>_TB1DAM.nii.gz      with b1=("tb1dam",)
     OUT/derivatives/truth/sub-01/anat/sub-01_acq-thigh_<truth maps>
     OUT/derivatives/truth/sub-01/anat/sub-01_acq-thigh_biomarkers.tsv (+ .json)
 
@@ -27,6 +29,8 @@ from bids_muscle.seg.legs import voxel_sizes
 from bids_muscle.stats.biomarkers import column_descriptions, muscle_table
 
 SITES = ("siteA", "siteB")
+#: Measured B1 the phantom can add under ``fmap/`` (``generate_dataset(b1=...)``).
+B1_KINDS = ("tb1map", "tb1dam")
 
 
 def _sidecar(path: Path, meta: dict) -> None:
@@ -91,6 +95,46 @@ def write_region(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str
     write_truth(bids_dir / "derivatives" / "truth", sub, truth)
 
 
+def write_b1(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, kinds: tuple[str, ...],
+             rng: np.random.Generator) -> None:
+    """Measured B1 of one region under ``fmap/``, as a scanner would give it.
+
+    ``tb1map``: a B1 map in percent of nominal (BIDS recommendation) on a grid
+    twice as coarse in plane, the block mean of the true B1 over the body
+    plus 1 % Gaussian noise, 0 outside the body. ``tb1dam``: a double-angle
+    pair (60 and 120 degrees, fully relaxed, S = PD sin(B1 alpha)) on the
+    image grid with the receive bias and Rician noise of SNR 100 in muscle.
+    """
+    unknown = set(kinds) - set(B1_KINDS)
+    if unknown:
+        raise ValueError(f"unknown B1 kind(s) {sorted(unknown)}; choose from {', '.join(B1_KINDS)}")
+    fmap = bids.subject_dir(bids_dir, sub, None).parent / "fmap"
+    ent = {"sub": sub, "acq": truth.region}
+    common = _common_meta(truth.region, site)
+    body = (truth.tissue > 0).astype(np.float64)
+    if "tb1map" in kinds:
+        nx, ny = (n - n % 2 for n in truth.b1.shape[:2])
+        nz = truth.b1.shape[2]
+
+        def blocks(a):
+            return a[:nx, :ny].reshape(nx // 2, 2, ny // 2, 2, nz).sum(axis=(1, 3))
+
+        cover = blocks(body)
+        mean_b1 = blocks(truth.b1 * body) / np.maximum(cover, 1)
+        measured = np.where(cover >= 2, mean_b1 * (1 + rng.normal(0.0, 0.01, mean_b1.shape)), 0.0)
+        coarse = truth.affine @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+        _write_raw(fmap, ent, "TB1map", np.round(100 * measured, 1), coarse,
+                   {**common, "Units": "percent", "Description": "transmit field in percent of nominal (phantom)"},
+                   np.float32)
+    if "tb1dam" in kinds:
+        clean = {a: truth.pd * signals.SIGNAL_SCALE * truth.receive_bias * np.sin(np.deg2rad(a) * truth.b1) * body
+                 for a in (60.0, 120.0)}
+        sigma = float(np.median(clean[60.0][truth.labels > 0]) / signals.SNR_FIRST_ECHO)
+        for k, angle in enumerate((60.0, 120.0)):
+            _write_raw(fmap, {**ent, "flip": k + 1}, "TB1DAM", signals.add_rician_noise(clean[angle], sigma, rng),
+                       truth.affine, {**common, "FlipAngle": angle, "EchoTime": 0.004, "RepetitionTime": 7.0})
+
+
 def write_truth(truth_dir: Path, sub: str, truth: anatomy.RegionTruth) -> None:
     """Ground-truth maps and masks of one region, named like the app's outputs."""
     ent = {"sub": sub, "acq": truth.region}
@@ -153,12 +197,18 @@ def generate_dataset(
     regions: tuple[str, ...] = ("thigh", "calf"),
     n_slices: int = 8,
     progress=None,
+    b1: tuple[str, ...] = (),
 ) -> Path:
     """Write a phantom BIDS dataset with ``n_participants`` to ``out_dir``.
 
     The same seed always gives the same dataset. ``out_dir`` must not exist
-    or be empty, so nothing is ever overwritten.
+    or be empty, so nothing is ever overwritten. ``b1`` adds measured B1
+    (:func:`write_b1`: ``"tb1map"``, ``"tb1dam"``) from a random stream of
+    its own, so every other image is the same with or without it.
     """
+    unknown = set(b1) - set(B1_KINDS)
+    if unknown:
+        raise ValueError(f"unknown B1 kind(s) {sorted(unknown)}; choose from {', '.join(B1_KINDS)}")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: folder exists and is not empty; choose a new folder")
@@ -195,9 +245,11 @@ def generate_dataset(
         rng = np.random.default_rng([seed, p])
         site = SITES[p % len(SITES)]
         severity = float(rng.uniform(0.0, 0.7))
-        for region in regions:
+        for k, region in enumerate(regions):
             truth = anatomy.draw_region(region, rng, n_slices=n_slices, severity=severity)
             write_region(out_dir, sub, truth, site, rng)
+            if b1:
+                write_b1(out_dir, sub, truth, site, tuple(b1), np.random.default_rng([seed, p, 100 + k]))
         group = "patient" if severity > 0.2 else "control"
         rows.append(f"sub-{sub}\t{site}\t{int(rng.integers(20, 70))}\t{'MF'[int(rng.integers(2))]}\t{group}")
         if progress:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["b1_double_angle"]
+__all__ = ["b1_double_angle", "b1_on_grid", "relative_b1"]
 
 
 def b1_double_angle(s_alpha, s_2alpha, nominal_deg=60.0, mask=None, min_signal=None,
@@ -70,4 +70,65 @@ def b1_double_angle(s_alpha, s_2alpha, nominal_deg=60.0, mask=None, min_signal=N
     valid &= np.abs(ratio) <= 1.0
     out = np.full(s1.shape, np.nan, dtype=np.float32)
     out[valid] = np.arccos(ratio[valid]) / np.deg2rad(nominal)
+    return out
+
+
+#: Median relative B1 outside this range means the map is not a B1 map (or its units are wrong).
+PLAUSIBLE_MEDIAN_B1 = (0.3, 2.0)
+
+
+def relative_b1(b1_map, units: str | None = None) -> np.ndarray:
+    """A B1 map as a fraction of the nominal flip angle (1.0 = nominal).
+
+    BIDS recommends ``TB1map`` values in percent (100 = nominal) but only
+    requires ``Units`` to be stated, so maps in percent (``units`` of
+    ``"percent"`` or ``"%"``, or a median above 5 when ``units`` says
+    nothing else) are divided by 100. Non-positive and non-finite values
+    (background, masked voxels) become NaN, i.e. "not measured".
+
+    Raises
+    ------
+    ValueError
+        When no voxel is positive, or the median is outside
+        :data:`PLAUSIBLE_MEDIAN_B1` after the conversion.
+    """
+    b1 = np.array(b1_map, dtype=np.float32)
+    b1[~(np.isfinite(b1) & (b1 > 0))] = np.nan
+    if not np.isfinite(b1).any():
+        raise ValueError("the B1 map has no positive value")
+    median = float(np.nanmedian(b1))
+    unit = (units or "").strip().lower()
+    if unit in ("percent", "%") or (unit in ("", "arbitrary", "a.u.") and median > 5.0):
+        b1 /= 100.0
+        median /= 100.0
+    low, high = PLAUSIBLE_MEDIAN_B1
+    if not low <= median <= high:
+        raise ValueError(f"median B1 {median:.3g} of nominal (Units {units!r}) is not plausible; "
+                         f"expected {low}-{high} (or {100 * low:g}-{100 * high:g} percent)")
+    return b1
+
+
+def b1_on_grid(b1, affine, target_shape, target_affine) -> np.ndarray:
+    """A relative B1 map (NaN where not measured) on another voxel grid.
+
+    Linear interpolation of the measured voxels only (normalised: the
+    interpolated values over the interpolated share of measured voxels),
+    so the body edge is not pulled towards the background; target voxels
+    less than half covered by measured ones are NaN. The same grid returns
+    a copy.
+    """
+    from bids_muscle.qmri.mtr import resample_to_grid
+
+    b1 = np.asarray(b1, dtype=np.float32)
+    if b1.ndim != 3:
+        raise ValueError(f"the B1 map must be 3-D, got shape {b1.shape}")
+    target_shape = tuple(int(n) for n in target_shape[:3])
+    if b1.shape == target_shape and np.allclose(affine, target_affine, atol=1e-3):
+        return b1.copy()
+    measured = np.isfinite(b1)
+    total = resample_to_grid(np.where(measured, b1, 0.0), affine, target_shape, target_affine, cval=0.0)
+    weight = resample_to_grid(measured.astype(np.float32), affine, target_shape, target_affine, cval=0.0)
+    out = np.full(target_shape, np.nan, dtype=np.float32)
+    covered = weight >= 0.5
+    out[covered] = total[covered] / weight[covered]
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["t2_two_point"]
+__all__ = ["t2_two_point", "align_second_echo", "log_ratio_edge_energy"]
 
 _MAX_TE_S = 1.0
 
@@ -69,3 +69,73 @@ def t2_two_point(s1, s2, te1_s, te2_s, mask=None, min_signal=None, min_signal_fr
     t2[valid] = t2v
     s0[valid] = a[valid] * np.exp(te1 / t2v)
     return {"t2_s": t2, "s0": s0}
+
+
+def log_ratio_edge_energy(s1, s2, mask) -> float:
+    """Mean in-plane gradient magnitude of ``ln(S1 / S2)`` inside ``mask``.
+
+    Misaligned echoes leave signed edge artefacts in the log ratio (its value
+    is ``(TE2 - TE1) / T2``) wherever the anatomy has edges; aligned echoes
+    minimise it. Voxels with ``S2`` at or below 2 % of the 99th percentile of
+    ``S1`` in the mask are left out.
+    """
+    a = np.asarray(s1, dtype=np.float64)
+    b = np.asarray(s2, dtype=np.float64)
+    inside = np.asarray(mask, dtype=bool)
+    if not inside.any():
+        raise ValueError("log_ratio_edge_energy: the mask is empty")
+    floor = max(0.02 * float(np.percentile(a[inside], 99)), 1e-6)
+    ratio = np.log(np.maximum(a, floor) / np.maximum(b, floor))
+    gx, gy = np.gradient(ratio, axis=(0, 1))
+    ok = inside & (b > floor) & (a > floor)
+    if not ok.any():
+        raise ValueError("log_ratio_edge_energy: no voxel above the noise floor")
+    return float(np.mean(np.hypot(gx, gy)[ok]))
+
+
+def align_second_echo(s1, s2, spacing_mm, mask) -> tuple[np.ndarray, dict]:
+    """Register the second echo (separate series) rigidly onto the first.
+
+    The registration (:func:`bids_muscle.qmri.register.register_rigid`,
+    Mattes mutual information) is kept only when it lowers the edge artefacts
+    of ``ln(S1 / S2)`` (:func:`log_ratio_edge_energy`) inside ``mask`` (eroded
+    by one voxel in-plane). Echoes of different contrast make mutual
+    information settle up to ~0.5 mm off on echoes that are already aligned;
+    resampling them by such a shift would add the artefacts it is meant to
+    remove.
+
+    Parameters
+    ----------
+    s1, s2 : ndarray
+        First and second echo on the same grid.
+    spacing_mm : tuple of float
+        Voxel size along each array axis in mm.
+    mask : ndarray of bool
+        Foreground (body) voxels.
+
+    Returns
+    -------
+    s2_aligned : ndarray, float32
+        ``s2`` resampled onto ``s1`` when the registration was kept, else ``s2`` unchanged.
+    info : dict
+        :func:`register_rigid`'s fields, plus ``edge_energy_before`` and
+        ``edge_energy_after`` (of ``ln(S1/S2)``) and ``applied`` (bool).
+    """
+    from scipy import ndimage
+
+    from bids_muscle.qmri.register import register_rigid
+
+    a = np.asarray(s1, dtype=np.float32)
+    b = np.asarray(s2, dtype=np.float32)
+    inside = np.asarray(mask, dtype=bool)
+    if a.shape != b.shape or inside.shape != a.shape:
+        raise ValueError(f"echo and mask shapes differ: {a.shape}, {b.shape}, {inside.shape}")
+    moved, info = register_rigid(a, b, spacing_mm, mask=inside)
+    core = ndimage.binary_erosion(inside, structure=np.ones((3, 3, 1), bool)) if inside.ndim == 3 else inside
+    if not core.any():
+        core = inside
+    before = log_ratio_edge_energy(a, b, core)
+    after = log_ratio_edge_energy(a, moved, core)
+    applied = after < before
+    info.update(edge_energy_before=before, edge_energy_after=after, applied=bool(applied))
+    return (moved if applied else b.copy()), info

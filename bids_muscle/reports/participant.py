@@ -32,6 +32,7 @@ MAPS = (
     ("FFmap", "dixon", "fat fraction (Dixon)", 1.0, "%", (0, 100)),
     ("PDmap", None, "proton density", 1.0, "a.u.", None),
     ("TB1map", "epg", "B1 (EPG)", 1.0, "relative", (0.6, 1.3)),
+    ("TB1map", "dam", "B1 (double angle)", 1.0, "relative", (0.6, 1.3)),
     ("R2starmap", None, "R2*", 1.0, "1/s", (0, 150)),
     ("MTRmap", None, "MTR", 1.0, "%", (0, 60)),
 )
@@ -96,10 +97,9 @@ def _seg_figure(anat: np.ndarray, dseg: np.ndarray, table: Path | None, out: Pat
 
 
 def _maps_figure(maps: list[tuple[str, np.ndarray, float, str, tuple | None]], out: Path) -> None:
-    z = maps[0][1].shape[2] // 2
     fig, axes = plt.subplots(1, len(maps), figsize=(3.6 * len(maps), 2.4), squeeze=False)
     for ax, (title, data, scale, unit, lim) in zip(axes[0], maps):
-        shown = data[..., z] * scale
+        shown = data[..., data.shape[2] // 2] * scale  # middle slice of each map (grids may differ, e.g. B1)
         if lim is None:
             finite = shown[np.isfinite(shown) & (shown > 0)]
             lim = (0, float(np.percentile(finite, 99))) if finite.size else (0, 1)
@@ -212,4 +212,4 @@ def build_participant_report(
         versions=_versions(),
         command=command,
     )
-    return bids.write_text_atomic(out_dir / f"sub-{subject}{'_ses-' + session if session else ''}.html", html)
+    return bids.write_text_atomic(bids.report_path(out_dir, subject, session), html)

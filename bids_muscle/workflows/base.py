@@ -6,7 +6,9 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
-from bids_muscle import __version__
+from pathlib import Path
+
+from bids_muscle import __version__, bids
 from bids_muscle.bids import DESCRIPTIONS, RegionInputs
 from bids_muscle.config import Config
 from bids_muscle.interfaces.bias import N4BiasCorrection
@@ -29,6 +31,13 @@ IMAT_DESCRIPTIONS = {
     "kmeans": "classified by k-means (two classes) on the quantitative map values",
     "threshold": "its voxels with fat fraction above 50 %",
 }
+
+
+def _unless_written(*targets) -> bool | None:
+    """``overwrite`` of a node that writes outside the work dir: rerun it when one of
+    its ``targets`` is missing (a deleted output comes back); otherwise nipype's cache
+    decides, so a rerun with nothing changed recomputes and rewrites nothing."""
+    return True if not all(Path(t).exists() for t in targets) else None
 
 
 def _node_name(*parts: str | None) -> str:
@@ -65,7 +74,7 @@ def init_participant_wf(
     report = pe.Node(
         ParticipantReport(out_dir=str(config.output_dir), subject=subject, command=config.command),
         name="report",
-        overwrite=True,
+        overwrite=_unless_written(bids.report_path(config.output_dir, subject, session)),
     )
     if session:
         report.inputs.session = session
@@ -87,6 +96,7 @@ def init_participant_wf(
 
 
 def _sink(config: Config, name: str, entities: dict, suffix: str, sources: list, metadata: dict, dtype: str = "float32"):
+    target = bids.derivative_path(config.output_dir, {k: v for k, v in entities.items() if v}, suffix)
     return pe.Node(
         DerivativesSink(
             out_dir=str(config.output_dir),
@@ -99,7 +109,7 @@ def _sink(config: Config, name: str, entities: dict, suffix: str, sources: list,
         ),
         name=name,
         run_without_submitting=True,
-        overwrite=True,  # writes outside the work dir: rerun even when cached, so deleted outputs come back
+        overwrite=_unless_written(target, target.with_name(target.name.replace(".nii.gz", ".json"))),
     )
 
 
@@ -151,10 +161,17 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         List of derivative files written (used to order the report after them).
     """
     workflow = Workflow(name=f"{rin.region}_wf")
-    workflow.__desc__ = (
-        f"For the {rin.region}, the anatomical reference ({rin.anatomical_reference.name}) was corrected for "
-        "intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
-    )
+    ref = rin.anatomical_reference
+    if ref is not None:
+        workflow.__desc__ = (
+            f"For the {rin.region}, the anatomical reference ({ref.name}) was corrected for "
+            "intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
+        )
+    else:  # a double-angle B1 pair only (see RegionInputs.anatomical_reference)
+        workflow.__desc__ = (
+            f"For the {rin.region}, only a double-angle B1 acquisition was available: no anatomical reference, "
+            "so no bias-field correction and no muscle segmentation."
+        )
     if rin.region_probabilities is not None:
         workflow.__desc__ = (
             f"The images carried no acq-<region> entity; a thigh/calf classifier (after Agosti et al. 2021) "
@@ -165,18 +182,26 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     ent = rin.entities
     written = []
 
-    ref = rin.anatomical_reference
-    n4_ref = pe.Node(N4BiasCorrection(in_files=[str(ref)], sloppy=config.sloppy, prefix="anat"), name="n4_anat")
-    ref_suffix = ref.name.split("_")[-1].split(".")[0]
-    ds_ref = _sink(config, "ds_anat_n4", {**ent, "desc": "n4"}, ref_suffix, [ref],
-                   {"Description": "anatomical reference, N4 bias-field corrected"})
-    workflow.connect(n4_ref, "reference", ds_ref, "in_file")
-    written.append((ds_ref, "out_file"))
+    n4_ref = None
+    if ref is not None:
+        n4_ref = pe.Node(N4BiasCorrection(in_files=[str(ref)], sloppy=config.sloppy, prefix="anat"), name="n4_anat")
+        ref_suffix = ref.name.split("_")[-1].split(".")[0]  # T1w, PDw, T2w, MESE ...: desc-n4_<suffix>
+        ds_ref = _sink(config, "ds_anat_n4", {**ent, "desc": "n4"}, ref_suffix, [ref],
+                       {"Description": "anatomical reference, N4 bias-field corrected"})
+        workflow.connect(n4_ref, "reference", ds_ref, "in_file")
+        written.append((ds_ref, "out_file"))
+
+    b1dam_wf = None
+    if rin.b1_dam is not None:
+        b1dam_wf = init_b1dam_wf(config, rin)
+        written.append((b1dam_wf, "outputnode.written"))
 
     mese_wf = None
     if rin.mese is not None and len(rin.mese.files) >= 3:
         mese_wf = init_mese_wf(config, rin)
         written.append((mese_wf, "outputnode.written"))
+        if rin.b1_prior is not None and rin.b1_prior[0] == "dam":
+            workflow.connect(b1dam_wf, "outputnode.map", mese_wf, "inputnode.b1_map")
     elif rin.mese is not None:
         written.append((init_twopoint_wf(config, rin), "outputnode.written"))
 
@@ -191,15 +216,12 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     if dixon_wf is not None:
         written.append((dixon_wf, "outputnode.written"))
 
-    if rin.b1_dam is not None:
-        written.append((init_b1dam_wf(config, rin), "outputnode.written"))
-
     mtr_wf = None
     if rin.mt_on is not None:
         mtr_wf = init_mtr_wf(config, rin)
         written.append((mtr_wf, "outputnode.written"))
 
-    if networks:
+    if networks and n4_ref is not None:
         seg_wf = init_segmentation_wf(config, rin, networks)
         workflow.connect(n4_ref, "reference", seg_wf, "inputnode.reference")
         written.append((seg_wf, "outputnode.written"))
@@ -227,6 +249,16 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     ``T2map`` and ``PDmap``; the two-component water/fat fit gives
     ``desc-water_T2map``, ``desc-mese_FFmap`` and ``desc-epg_TB1map``.
 
+    With a measured B1 (``rin.b1_prior``: the dataset's ``TB1map``, else
+    the double-angle map of the ``TB1DAM`` pair, connected to
+    ``inputnode.b1_map``), both fits search only the dictionary B1 values
+    near it; the sidecars say which map under ``B1Source``.
+
+    Inputs
+    ------
+    inputnode.b1_map
+        The double-angle B1 map (only when ``rin.b1_prior`` is ``dam``).
+
     Outputs
     -------
     outputnode.written
@@ -246,6 +278,15 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
         "and a two-component water/fat model with fixed fat T2 and T1 (Marty et al. 2016) gave water T2, "
         "fat fraction and B1."
     )
+    b1_prior = rin.b1_prior
+    if b1_prior is not None:
+        kind, b1_files = b1_prior
+        workflow.__desc__ += (
+            " The B1 of both fits was restricted to within 0.05 (at least two dictionary steps) of "
+            + (f"the dataset's B1 map ({b1_files[0].name})" if kind == "tb1map" else "the double-angle B1 map")
+            + ", resampled to the grid of the multi-echo spin echo; voxels it does not cover were left unconstrained."
+        )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["b1_map"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["written", *MESE_MAPS]), name="outputnode")
     files = [str(f) for f in rin.mese.files]
     volumes = [m.get("VolumeIndex") for m in rin.mese.metadata]
@@ -262,6 +303,19 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
         n_procs=config.omp_nthreads,
     )
     workflow.connect([(n4, fit, [("out_file", "in_file"), ("mask", "mask")])])
+    sources = list(files)
+    if b1_prior is not None:
+        from bids_muscle.bids import bids_uri
+
+        uris = [bids_uri(f, config.bids_dir) for f in b1_files]
+        sources += [str(f) for f in b1_files]
+        if kind == "tb1map":
+            fit.inputs.b1_map = str(b1_files[0])
+            fit.inputs.b1_units = rin.tb1map_units or ""
+            fit.inputs.b1_source = uris[0]
+        else:
+            fit.inputs.b1_source = f"double-angle map (desc-dam_TB1map) of {', '.join(uris)}"
+            workflow.connect(inputnode, "b1_map", fit, "b1_map")
     ent = rin.entities
     outputs = (
         ("t2", ent, "T2map", {"Units": "s", "Description": "single-component EPG T2"}, "single_metadata"),
@@ -274,7 +328,7 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     )
     sinks = []
     for field, entities, suffix, meta, fit_meta in outputs:
-        ds = _sink(config, f"ds_{field}", entities, suffix, files, meta)
+        ds = _sink(config, f"ds_{field}", entities, suffix, sources, meta)
         workflow.connect([
             (fit, ds, [(field, "in_file"), ((fit_meta, _merged_metadata, meta), "metadata")]),
             (ds, outputnode, [("out_file", field)]),
@@ -365,18 +419,27 @@ def init_twopoint_wf(config: Config, rin: RegionInputs) -> Workflow:
     """T2 from a 2-echo spin echo (``desc-twopoint_T2map``, seconds, and ``desc-twopoint_S0map``)."""
     workflow = Workflow(name="twopoint_wf")
     te1, te2 = rin.mese.echo_times_s
+    files = [str(f) for f in rin.mese.files]
+    separate = len(set(files)) > 1
     workflow.__desc__ = (
         f"T2 was computed from the two spin echoes (TE {te1 * 1000:.1f} and {te2 * 1000:.1f} ms) as "
-        "(TE2 - TE1) / ln(S1 / S2)."
+        "(TE2 - TE1) / ln(S1 / S2)"
+        + (". The echoes were separate series, so the second was registered rigidly onto the first (SimpleITK, "
+           "Mattes mutual information; in-plane only for thick slices) and the registration was kept only when it "
+           "lowered the edge artefacts of ln(S1 / S2); the estimated translation and rotation, and whether the "
+           "registration was applied, are in the Registration field of the sidecars." if separate else ".")
     )
     outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
-    files = [str(f) for f in rin.mese.files]
     compute = pe.Node(TwoPointT2(in_files=files, volumes=[m.get("VolumeIndex") for m in rin.mese.metadata],
                                  echo_times=list(rin.mese.echo_times_s)), name="twopoint_t2")
     meta = {"EchoTime": [te1, te2], "Description": DESCRIPTIONS["twopoint"]}
     ds_t2 = _sink(config, "ds_t2", {**rin.entities, "desc": "twopoint"}, "T2map", files, {**meta, "Units": "s"})
     ds_s0 = _sink(config, "ds_s0", {**rin.entities, "desc": "twopoint"}, "S0map", files, {**meta, "Units": "arbitrary"})
-    workflow.connect([(compute, ds_t2, [("t2", "in_file")]), (compute, ds_s0, [("s0", "in_file")])])
+    workflow.connect([
+        (compute, ds_t2, [("t2", "in_file"), (("metadata", _merged_metadata, {**meta, "Units": "s"}), "metadata")]),
+        (compute, ds_s0, [("s0", "in_file"),
+                          (("metadata", _merged_metadata, {**meta, "Units": "arbitrary"}), "metadata")]),
+    ])
     _collect(workflow, [(ds_t2, "out_file"), (ds_s0, "out_file")], outputnode)
     return workflow
 
@@ -482,7 +545,8 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
             entities=ent, source_files=[str(f) for f in rin.all_files()], bids_dir=str(config.bids_dir),
         ),
         name="biomarkers",
-        overwrite=True,
+        overwrite=_unless_written(*(bids.derivative_path(config.output_dir, {k: v for k, v in ent.items() if v}, suffix, ext)
+                                    for suffix in ("biomarkers", "slices") for ext in (".tsv", ".json"))),
     )
     workflow.connect([
         (merge_dseg, biomarkers, [("out", "dsegs")]),

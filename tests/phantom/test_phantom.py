@@ -1,3 +1,4 @@
+import json
 import hashlib
 
 import nibabel as nb
@@ -73,3 +74,30 @@ def test_first_echo_snr_is_about_100(phantom_bids):
     sigma = np.sqrt(np.mean(background**2) / 2.0)  # Rayleigh second moment
     snr = np.median(echo[labels > 0]) / sigma
     assert 70 < snr < 130
+
+
+def test_measured_b1_option_matches_the_truth_and_leaves_the_rest_alone(tmp_path):
+    from bids_muscle.qmri.b1 import b1_double_angle, b1_on_grid, relative_b1
+
+    plain = generate_dataset(tmp_path / "plain", n_participants=1, seed=4, regions=("calf",), n_slices=3)
+    root = generate_dataset(tmp_path / "b1", n_participants=1, seed=4, regions=("calf",), n_slices=3,
+                            b1=("tb1map", "tb1dam"))
+    for path in plain.rglob("*.nii.gz"):  # every other image is unchanged
+        other = root / path.relative_to(plain)
+        assert np.array_equal(np.asarray(nb.load(path).dataobj), np.asarray(nb.load(other).dataobj)), path.name
+    truth_img = nb.load(root / "derivatives/truth/sub-01/anat/sub-01_acq-calf_TB1map.nii.gz")
+    truth = np.asarray(truth_img.dataobj, float)
+    muscle = np.asarray(nb.load(root / "derivatives/truth/sub-01/anat/sub-01_acq-calf_dseg.nii.gz").dataobj) > 0
+    fmap = root / "sub-01/fmap"
+    tb1 = nb.load(fmap / "sub-01_acq-calf_TB1map.nii.gz")
+    assert tb1.shape == (truth.shape[0] // 2, truth.shape[1] // 2, truth.shape[2])  # a coarse scanner map
+    assert json.loads((fmap / "sub-01_acq-calf_TB1map.json").read_text())["Units"] == "percent"
+    measured = b1_on_grid(relative_b1(np.asarray(tb1.dataobj), "percent"), tb1.affine, truth.shape, truth_img.affine)
+    assert np.nanmedian(np.abs(measured[muscle] - truth[muscle])) < 0.015
+    meta = [json.loads((fmap / f"sub-01_acq-calf_flip-{k}_TB1DAM.json").read_text()) for k in (1, 2)]
+    assert [m["FlipAngle"] for m in meta] == [60.0, 120.0]
+    s1, s2 = (np.asarray(nb.load(fmap / f"sub-01_acq-calf_flip-{k}_TB1DAM.nii.gz").dataobj, float) for k in (1, 2))
+    dam = b1_double_angle(s1, s2, nominal_deg=60.0)
+    assert np.nanmedian(np.abs(dam[muscle] - truth[muscle])) < 0.015
+    with pytest.raises(ValueError, match="unknown B1"):
+        generate_dataset(tmp_path / "bad", n_participants=1, b1=("afi",))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_muscle.qmri.b1 import b1_double_angle
+from bids_muscle.qmri.b1 import b1_double_angle, b1_on_grid, relative_b1
 from bids_muscle.qmri.mtr import mtr_percent, resample_to_grid
 from bids_muscle.qmri.se2echo import t2_two_point
 
@@ -118,3 +118,35 @@ def test_t2_two_point_invalid_echo_times(te1, te2):
 def test_t2_two_point_shape_mismatch():
     with pytest.raises(ValueError, match="shapes"):
         t2_two_point(np.ones(3), np.ones(2), 0.016, 0.056)
+
+
+def test_relative_b1_reads_percent_and_blanks_the_background():
+    percent = np.array([[0.0, 95.0], [110.0, np.nan]])
+    expected = np.array([[np.nan, 0.95], [1.10, np.nan]])
+    for units in ("percent", None, ""):  # BIDS recommends percent; unstated units are told by the values
+        np.testing.assert_allclose(relative_b1(percent, units), expected, rtol=1e-6)
+    np.testing.assert_allclose(relative_b1(np.array([0.8, 1.2, -1.0]), "arbitrary"), [0.8, 1.2, np.nan], rtol=1e-6)
+    with pytest.raises(ValueError, match="not plausible"):
+        relative_b1(np.array([0.8, 1.2]), "percent")  # a relative map labelled percent
+    with pytest.raises(ValueError, match="no positive value"):
+        relative_b1(np.zeros(3))
+
+
+def test_b1_on_grid_interpolates_measured_voxels_only():
+    # a linear B1 ramp on a 2x coarser grid, with background (NaN) beyond x = 10
+    fine_affine = np.diag([1.0, 1.0, 4.0, 1.0])
+    coarse_affine = fine_affine @ np.array([[2, 0, 0, 0.5], [0, 2, 0, 0.5], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    x_coarse = 2 * np.arange(8) + 0.5  # world x of the coarse voxel centres
+    coarse = np.broadcast_to((0.8 + 0.02 * x_coarse)[:, None, None], (8, 4, 3)).astype(np.float32).copy()
+    coarse[x_coarse > 10] = np.nan
+    fine = b1_on_grid(coarse, coarse_affine, (16, 8, 3), fine_affine)
+    x = np.arange(16)
+    inside = (x >= 1) & (x <= 8)  # between measured coarse centres (0.5 ... 8.5): linear
+    np.testing.assert_allclose(fine[inside, 2:6, :], np.broadcast_to((0.8 + 0.02 * x[inside])[:, None, None], (8, 4, 3)),
+                               atol=1e-5)
+    # next to the background: the nearest measured value, not a blend with it; then NaN
+    np.testing.assert_allclose(fine[9, 2:6, :], 0.8 + 0.02 * 8.5, atol=1e-5)
+    assert np.isnan(fine[10:, :, :]).all()
+    assert np.nanmin(fine) >= 0.8 - 1e-6
+    same = b1_on_grid(coarse, coarse_affine, coarse.shape, coarse_affine)
+    np.testing.assert_array_equal(np.isnan(same), np.isnan(coarse))

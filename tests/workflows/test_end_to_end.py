@@ -139,6 +139,26 @@ def test_rerun_keeps_outputs_whole(derivatives, phantom_bids):
     assert lost.is_file()
 
 
+def test_rerun_with_nothing_changed_recomputes_and_rewrites_nothing(derivatives, phantom_bids):
+    work = derivatives.parent / "work"
+
+    def stamps():
+        outputs = {p: p.stat().st_mtime_ns for p in derivatives.rglob("*") if p.is_file() and "group" not in p.parts}
+        results = {p: p.stat().st_mtime_ns for p in work.rglob("result_*.pklz")}
+        return outputs, results
+
+    args = (phantom_bids, derivatives, "participant", "--participant-label", "01", "--sloppy", "-w", work,
+            "--networks", "unet2d", "hrnet")
+    code, log = _cli(*args)  # brings everything to a finished state (the test above removed a file)
+    assert code == 0, log
+    before = stamps()
+    code, log = _cli(*args)
+    assert code == 0, log
+    after = stamps()
+    assert after[0] == before[0], "a rerun rewrote outputs"
+    assert after[1] == before[1], "a rerun recomputed nodes"
+
+
 def test_group_agreement_with_the_reference(derivatives):
     group = derivatives / "group"
     summary = pd.read_csv(group / "agreement_summary.tsv", sep="\t", na_values="n/a")
