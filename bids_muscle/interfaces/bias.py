@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+from nibabel.affines import voxel_sizes
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, InputMultiObject, SimpleInterface, TraitedSpec, traits
 
 from bids_muscle.interfaces.images import load_series, save_image
 from bids_muscle.qmri.bias import foreground_mask, n4_bias_field
-from bids_muscle.seg.legs import voxel_sizes
 
 
 class _N4InputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="images of one series (echoes)")
     volumes = traits.List(traits.Either(None, traits.Int), desc="volume index per file for 4D inputs")
     reference_index = traits.Int(0, usedefault=True, desc="image the field is estimated on")
-    sloppy = traits.Bool(False, usedefault=True, desc="fewer iterations, coarser grid")
+    sloppy = traits.Bool(False, usedefault=True, desc="fewer iterations, coarser estimation grid (8 mm, not 4 mm)")
     prefix = traits.Str("series", usedefault=True)
 
 
@@ -36,7 +36,8 @@ class N4BiasCorrection(SimpleInterface):
         ref = stack[..., self.inputs.reference_index]
         mask = foreground_mask(ref)
         iterations = (20, 10) if self.inputs.sloppy else (50, 50, 30)
-        field = n4_bias_field(ref, voxel_sizes(affine), mask=mask, shrink=4 if self.inputs.sloppy else 2, iterations=iterations)
+        field = n4_bias_field(ref, tuple(float(v) for v in voxel_sizes(affine)), mask=mask, iterations=iterations,
+                              voxel_mm=8.0 if self.inputs.sloppy else 4.0)
         corrected = stack / field[..., None]
         prefix = self.inputs.prefix
         self._results["out_file"] = save_image(corrected.astype(np.float32), affine, f"{prefix}_n4.nii.gz", runtime.cwd)

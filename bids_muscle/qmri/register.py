@@ -79,7 +79,8 @@ def register_rigid(
     lo = max(0, MIN_SLICES - n_slices) // 2
     pad = ((0, 0), (0, 0), (lo, max(0, MIN_SLICES - n_slices) - lo))
     # the smoothing of the coarse level needs a few slices: repeat the edge slices (cropped again below)
-    f_img, m_img = _to_sitk(np.pad(fixed, pad, mode="edge"), spacing), _to_sitk(np.pad(moving, pad, mode="edge"), spacing)
+    f_img = _to_sitk(np.pad(fixed, pad, mode="edge"), spacing)
+    m_img = _to_sitk(np.pad(moving, pad, mode="edge"), spacing)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(int(bins))
     reg.SetInterpolator(sitk.sitkLinear)
@@ -120,7 +121,8 @@ def register_rigid(
         max_disp = float(np.linalg.norm(translation))
     info = {
         "translation_mm": [float(t) for t in translation],
-        "rotation_deg": [float(np.degrees(a)) for a in (transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ())],
+        "rotation_deg": [float(np.degrees(a))
+                         for a in (transform.GetAngleX(), transform.GetAngleY(), transform.GetAngleZ())],
         "center_mm": [float(c) for c in center],
         "max_displacement_mm": max_disp,
         "degrees_of_freedom": 3 if in_plane else 6,
