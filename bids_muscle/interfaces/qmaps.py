@@ -63,15 +63,14 @@ class FitMESE(SimpleInterface):
                                             echoes.shape[:3], img.affine)
             except ValueError as err:
                 raise ValueError(f"{self.inputs.b1_map}: {err}") from None
-            n_b1 = wf_grid.get("n_b1", 41)
-            step = (t2fit.B1_RANGE[1] - t2fit.B1_RANGE[0]) / (n_b1 - 1)
+            tolerance, step = t2fit.b1_window(**{k: v for k, v in wf_grid.items() if k == "n_b1"})
             inside = mask if mask is not None else np.ones(b1_prior.shape, bool)
             measured = np.isfinite(b1_prior) & inside
             b1_meta = {"B1Source": self.inputs.b1_source or "measured B1 map", "B1Regularisation": {
                 "Method": "dictionary search restricted to B1 within B1Tolerance of the measured B1 map "
                           "(resampled linearly to the MESE grid); unconstrained where the map has no value; "
                           "the sub-grid refinement may move the B1 up to one dictionary step further",
-                "B1Tolerance": round(max(0.05, 2 * step), 4),
+                "B1Tolerance": round(tolerance, 4),
                 "DictionaryB1Step": round(step, 4),
                 "MeasuredB1Coverage": round(float(measured.sum() / max(int(inside.sum()), 1)), 4),
                 "MeasuredB1Median": round(float(np.median(b1_prior[measured])), 4) if measured.any() else None}}

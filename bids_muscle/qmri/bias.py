@@ -32,18 +32,13 @@ def foreground_mask(image: np.ndarray, fraction: float = 0.1) -> np.ndarray:
     return mask
 
 
-def estimation_factors(
-    shape: tuple[int, ...], spacing_mm: tuple[float, ...], voxel_mm: float, shrink: int | None = None
-) -> list[int]:
+def estimation_factors(shape: tuple[int, ...], spacing_mm: tuple[float, ...], voxel_mm: float) -> list[int]:
     """Integer subsampling factor per array axis for the N4 estimate.
 
     Each axis is subsampled to about ``voxel_mm`` (never coarser than the
     native voxel, so thick slices are never merged) and keeps at least 8
-    voxels. ``shrink`` (the earlier
-    interface) fixes the in-plane factor and leaves the slice axis alone.
+    voxels.
     """
-    if shrink is not None:
-        return [max(1, int(shrink)), max(1, int(shrink)), 1]
     if not voxel_mm > 0:
         raise ValueError(f"voxel_mm must be positive, got {voxel_mm}")
     factors = []
@@ -56,7 +51,6 @@ def n4_bias_field(
     image: np.ndarray,
     spacing_mm: tuple[float, ...],
     mask: np.ndarray | None = None,
-    shrink: int | None = None,
     iterations: tuple[int, ...] = (50, 50, 30),
     spline_distance_mm: float = 100.0,
     voxel_mm: float = 4.0,
@@ -79,9 +73,6 @@ def n4_bias_field(
         Voxel size along each array axis in mm.
     mask
         Voxels used for the estimate; a foreground mask when ``None``.
-    shrink
-        Fixed in-plane subsampling factor instead of ``voxel_mm`` (earlier interface; the
-        through-plane axis is never subsampled then).
     iterations
         Iterations per fitting level (the number of levels is its length).
     spline_distance_mm
@@ -102,13 +93,13 @@ def n4_bias_field(
         # the B-spline fit needs a few slices: pad by repeating the edge slices
         pad = ((0, 0), (0, 0), (0, MIN_SLICES - n_slices))
         field = n4_bias_field(np.pad(image, pad, mode="edge"), spacing_mm, np.pad(mask, pad, mode="edge"),
-                              shrink, iterations, spline_distance_mm, voxel_mm)
+                              iterations, spline_distance_mm, voxel_mm)
         return field[..., :n_slices] / float(np.mean(field[..., :n_slices][mask]))
     img = sitk.GetImageFromArray(np.transpose(np.clip(image, 0, None) + 1e-3, (2, 1, 0)))
     img.SetSpacing([float(s) for s in spacing_mm])
     msk = sitk.GetImageFromArray(np.transpose(mask.astype(np.uint8), (2, 1, 0)))
     msk.CopyInformation(img)
-    factors = estimation_factors(image.shape, spacing_mm, voxel_mm, shrink)
+    factors = estimation_factors(image.shape, spacing_mm, voxel_mm)
     small, small_mask = sitk.Shrink(img, factors), sitk.Shrink(msk, factors)
     if not np.any(sitk.GetArrayViewFromImage(small_mask)):
         small, small_mask = img, msk  # a mask thinner than the grid: estimate at full resolution

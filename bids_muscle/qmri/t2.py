@@ -369,16 +369,23 @@ def _b1_prior(b1_map: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
     return b1_map[keep]
 
 
+def b1_window(
+    b1_tolerance: float = 0.05, n_b1: int = 41, b1_range: tuple[float, float] = B1_RANGE
+) -> tuple[float, float]:
+    """``(tolerance, step)`` of a B1 prior on a dictionary of ``n_b1`` B1 values:
+    the search keeps B1 within ``tolerance`` of the prior, at least two grid
+    steps, so every voxel keeps a few atoms."""
+    step = (float(b1_range[1]) - float(b1_range[0])) / (int(n_b1) - 1)
+    return max(float(b1_tolerance), 2.0 * step), step
+
+
 def _allowed_b1(
     prior: torch.Tensor, b1_grid: np.ndarray, tolerance: float
 ) -> torch.Tensor:
-    """(n, n_b1) mask of dictionary B1 values within ``tolerance`` of the prior.
-
-    The tolerance is at least two grid steps, so every voxel keeps a few
-    atoms; a NaN prior allows every B1.
-    """
+    """(n, n_b1) mask of dictionary B1 values within :func:`b1_window` of the
+    prior; a NaN prior allows every B1."""
     grid = torch.from_numpy(b1_grid.astype(np.float32))
-    tol = max(float(tolerance), 2.0 * float(b1_grid[1] - b1_grid[0]))
+    tol, _ = b1_window(tolerance, len(b1_grid), (b1_grid[0], b1_grid[-1]))
     return ((grid[None, :] - prior[:, None]).abs() <= tol) | torch.isnan(prior)[:, None]
 
 
@@ -415,8 +422,8 @@ def _fit_with_b1_prior(
         echoes, keep, _b1_prior(None, keep), fit_block, names, block_size, progress
     )
     prior = smooth_b1_map(first["b1"], b1_smoothing_voxels)
-    step = float(b1_grid[1] - b1_grid[0])
-    inside = max(float(b1_tolerance), 2.0 * step) - step
+    tol, step = b1_window(b1_tolerance, len(b1_grid), (b1_grid[0], b1_grid[-1]))
+    inside = tol - step
     with np.errstate(invalid="ignore"):
         redo = keep & np.isfinite(prior) & ~(np.abs(first["b1"] - prior) <= inside)
     if redo.any():

@@ -305,9 +305,7 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
     workflow.connect([(n4, fit, [("out_file", "in_file"), ("mask", "mask")])])
     sources = list(files)
     if b1_prior is not None:
-        from bids_muscle.bids import bids_uri
-
-        uris = [bids_uri(f, config.bids_dir) for f in b1_files]
+        uris = [bids.bids_uri(f, config.bids_dir) for f in b1_files]
         sources += [str(f) for f in b1_files]
         if kind == "tb1map":
             fit.inputs.b1_map = str(b1_files[0])

@@ -66,7 +66,6 @@ def test_estimation_grid_keeps_thick_slices_and_odd_shapes_work():
     assert estimation_factors((256, 256, 80), (1.0, 1.0, 1.0), 4.0) == [4, 4, 4]  # thin slices merged too
     assert estimation_factors((256, 256, 20), (1.0, 1.0, 1.0), 4.0) == [4, 4, 2]  # ... keeping >= 8 slices
     assert estimation_factors((40, 512, 12), (0.5, 2.0, 5.0), 4.0) == [5, 2, 1]  # >= 8 voxels per axis
-    assert estimation_factors((512, 512, 16), (0.742, 0.742, 24.0), 4.0, shrink=2) == [2, 2, 1]
     with pytest.raises(ValueError, match="voxel_mm"):
         estimation_factors((8, 8, 8), (1.0, 1.0, 1.0), 0.0)
 
