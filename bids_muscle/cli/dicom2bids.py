@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
-    from bids_muscle.dicom2bids import ConversionError, plan_conversion, write_plan
+    from bids_muscle.dicom import ConversionError, plan_conversion, write_plan
 
     t0 = time.time()
     try:

@@ -14,8 +14,8 @@ from bids_muscle import __version__
 from bids_muscle.cli import dicom2bids as dicom2bids_cli
 from bids_muscle.cli import phantom as phantom_cli
 from bids_muscle.phantom.dataset import generate_dataset
-from bids_muscle.seg import train as train_cli
-from bids_muscle.seg.train import find_training_pairs
+from bids_muscle.cli import train as train_cli
+from bids_muscle.seg.train_data import check_label_map, find_training_pairs, region_from_name
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1", "--threads", "1",
         "--base-features", "4", "--voxel-size", "4", "4"]
@@ -91,17 +91,17 @@ def test_label_map_with_foreign_indices_is_an_error_naming_the_file(phantom, tmp
 
 
 def test_region_from_the_name_and_the_values():
-    assert train_cli.region_from_name("sub-01_acq-calf_desc-unet2d_dseg.nii.gz") == "calf"
-    assert train_cli.region_from_name("thigh_case01_dseg.nii.gz") == "thigh"
-    assert train_cli.region_from_name("case01_dseg.nii.gz") is None
+    assert region_from_name("sub-01_acq-calf_desc-unet2d_dseg.nii.gz") == "calf"
+    assert region_from_name("thigh_case01_dseg.nii.gz") == "thigh"
+    assert region_from_name("case01_dseg.nii.gz") is None
     calf = np.array([0, 41, 63])
-    assert train_cli.check_label_map(np.array([0, 1, 33]), "thigh", "a.nii.gz") is None
+    assert check_label_map(np.array([0, 1, 33]), "thigh", "a.nii.gz") is None
     # a map whose name gives no region and whose values are the other region's is skipped ...
-    assert "calf labels" in train_cli.check_label_map(calf, "thigh", "case_dseg.nii.gz", named=False)
+    assert "calf labels" in check_label_map(calf, "thigh", "case_dseg.nii.gz", named=False)
     # ... one named for the region, or with mixed values, is an error naming it
     for values, named in ((calf, True), (np.array([0, 1, 41]), False)):
         with pytest.raises(ValueError, match="x_dseg.nii.gz: label map holds indices"):
-            train_cli.check_label_map(values, "thigh", "x_dseg.nii.gz", named=named)
+            check_label_map(values, "thigh", "x_dseg.nii.gz", named=named)
 
 
 @pytest.mark.parametrize("module, prog", [

@@ -19,7 +19,7 @@ import pytest
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from bids_muscle import bids, dicom2bids
+from bids_muscle import bids, dicom
 from bids_muscle.cli.dicom2bids import main as cli_main
 
 ROWS, COLS = 12, 10
@@ -84,7 +84,7 @@ def write_series(folder: Path, number: int, description: str, echo_times_ms=("10
     jobs = [(e, s) for e in range(len(echo_times_ms)) for s in range(n_slices)]
     for instance, k in enumerate(rng.permutation(len(jobs)), start=1):
         e, s = jobs[k]
-        ds = _base(dicom2bids.MR_IMAGE, series_uid, number, description, manufacturer, body_part)
+        ds = _base(dicom.MR_IMAGE, series_uid, number, description, manufacturer, body_part)
         ds.InstanceNumber = instance
         ds.ImageType = list(image_type)
         ds.ScanningSequence = sequence
@@ -117,7 +117,7 @@ def _sidecars(root: Path) -> list[Path]:
 
 def test_classic_multi_echo_spin_echo_lands_where_the_headers_say(tmp_path):
     write_series(tmp_path / "dicom", 4, "se_mc_17", ("10.9", "21.8", "32.7"), n_slices=4, flip_deg="180")
-    plan = dicom2bids.convert(tmp_path / "dicom", tmp_path / "bids", "01")
+    plan = dicom.convert(tmp_path / "dicom", tmp_path / "bids", "01")
     anat = tmp_path / "bids/sub-01/anat"
     assert [img.relpath.name for img in plan.images] == [f"sub-01_acq-thigh_echo-{k}_MESE.nii.gz" for k in (1, 2, 3)]
     assert not plan.skipped
@@ -143,7 +143,7 @@ def test_classic_multi_echo_spin_echo_lands_where_the_headers_say(tmp_path):
 def test_orientation_matches_dcm2niix(tmp_path):
     dcm2niix = pytest.importorskip("dcm2niix")
     write_series(tmp_path / "dicom", 4, "se_mc", ("15", "30"), n_slices=5)
-    dicom2bids.convert(tmp_path / "dicom", tmp_path / "bids", "01")
+    dicom.convert(tmp_path / "dicom", tmp_path / "bids", "01")
     (tmp_path / "ref").mkdir()
     subprocess.run([dcm2niix.bin, "-z", "y", "-b", "n", "-f", "e%e", "-o", tmp_path / "ref", tmp_path / "dicom"],
                    check=True, capture_output=True)
@@ -154,18 +154,18 @@ def test_orientation_matches_dcm2niix(tmp_path):
 
 
 def test_unrecognised_series_are_skipped_with_a_reason(tmp_path):
-    dicom = tmp_path / "dicom"
-    write_series(dicom, 2, "localizer", ("5",), image_type=("ORIGINAL", "PRIMARY", "M", "ND"), sequence="GR")
-    write_series(dicom, 3, "ep2d_diff", ("80",), sequence="EP")
-    write_series(dicom, 4, "se_mc", ("10", "20", "30"))
-    write_series(dicom, 5, "gre_single", ("4",), sequence="GR", tr_ms="20", flip_deg="15")
-    write_series(dicom, 6, "t2_map", ("0",), image_type=("DERIVED", "PRIMARY", "T2_MAP", "ND"))
-    (dicom / "notes.txt").write_text("not an image")
+    dicom_dir = tmp_path / "dicom"
+    write_series(dicom_dir, 2, "localizer", ("5",), image_type=("ORIGINAL", "PRIMARY", "M", "ND"), sequence="GR")
+    write_series(dicom_dir, 3, "ep2d_diff", ("80",), sequence="EP")
+    write_series(dicom_dir, 4, "se_mc", ("10", "20", "30"))
+    write_series(dicom_dir, 5, "gre_single", ("4",), sequence="GR", tr_ms="20", flip_deg="15")
+    write_series(dicom_dir, 6, "t2_map", ("0",), image_type=("DERIVED", "PRIMARY", "T2_MAP", "ND"))
+    (dicom_dir / "notes.txt").write_text("not an image")
     screen = _base("1.2.840.10008.5.1.4.1.1.7", generate_uid(), 9, "screen save", "SIEMENS", "THIGH")
     screen.Rows = screen.Columns = 2
     screen.PixelData = np.zeros((2, 2), np.int16).tobytes()
-    pydicom.dcmwrite(dicom / "screen.dcm", screen, enforce_file_format=True)
-    plan = dicom2bids.convert(dicom, tmp_path / "bids", "01")
+    pydicom.dcmwrite(dicom_dir / "screen.dcm", screen, enforce_file_format=True)
+    plan = dicom.convert(dicom_dir, tmp_path / "bids", "01")
     assert [img.relpath.name for img in plan.images] == [f"sub-01_acq-thigh_echo-{k}_MESE.nii.gz" for k in (1, 2, 3)]
     reasons = {item.what.split("'")[1] if "'" in item.what else item.what: item.reason for item in plan.skipped}
     assert reasons["localizer"] == "localizer / scout"
@@ -205,7 +205,7 @@ def test_existing_files_are_kept_without_overwrite(tmp_path, capsys):
 def test_sidecars_hold_no_patient_data(tmp_path):
     write_series(tmp_path / "dicom", 4, "se_mc", ("10", "20"),
                  extra=lambda ds: setattr(ds, "PatientAge", "064Y") or setattr(ds, "InstitutionName", "St Elsewhere"))
-    dicom2bids.convert(tmp_path / "dicom", tmp_path / "bids", "01")
+    dicom.convert(tmp_path / "dicom", tmp_path / "bids", "01")
     texts = [p.read_text() for p in _sidecars(tmp_path / "bids")] + [(tmp_path / "bids/participants.tsv").read_text()]
     assert len(texts) == 4
     for text in texts:
@@ -215,19 +215,19 @@ def test_sidecars_hold_no_patient_data(tmp_path):
 
 
 def test_region_is_guessed_from_the_header_or_refused():
-    assert dicom2bids.guess_region({"BodyPartExamined": "LEG"})[0] == "calf"  # DICOM LEG is the lower leg
-    assert dicom2bids.guess_region({"BodyPartExamined": "THIGH"})[0] == "thigh"
-    assert dicom2bids.guess_region({"BodyPartExamined": "EXTREMITY", "SeriesDescription": "T2 calves"})[0] == "calf"
-    assert dicom2bids.guess_region({"ProtocolName": "Oberschenkel MESE"})[0] == "thigh"
-    assert dicom2bids.guess_region({"SeriesDescription": "thigh and calf"}) == (None, "")
-    assert dicom2bids.guess_region({"SeriesDescription": "mese"}) == (None, "")
+    assert dicom.guess_region({"BodyPartExamined": "LEG"})[0] == "calf"  # DICOM LEG is the lower leg
+    assert dicom.guess_region({"BodyPartExamined": "THIGH"})[0] == "thigh"
+    assert dicom.guess_region({"BodyPartExamined": "EXTREMITY", "SeriesDescription": "T2 calves"})[0] == "calf"
+    assert dicom.guess_region({"ProtocolName": "Oberschenkel MESE"})[0] == "thigh"
+    assert dicom.guess_region({"SeriesDescription": "thigh and calf"}) == (None, "")
+    assert dicom.guess_region({"SeriesDescription": "mese"}) == (None, "")
 
 
 def test_unknown_region_needs_the_option(tmp_path):
     write_series(tmp_path / "dicom", 4, "se_mc", ("10", "20"), body_part="EXTREMITY")
-    with pytest.raises(dicom2bids.ConversionError, match="--region thigh or --region calf"):
-        dicom2bids.plan_conversion(tmp_path / "dicom", "01")
-    plan = dicom2bids.plan_conversion(tmp_path / "dicom", "01", region="calf")
+    with pytest.raises(dicom.ConversionError, match="--region thigh or --region calf"):
+        dicom.plan_conversion(tmp_path / "dicom", "01")
+    plan = dicom.plan_conversion(tmp_path / "dicom", "01", region="calf")
     assert plan.images[0].relpath.name == "sub-01_acq-calf_echo-1_MESE.nii.gz"
 
 
@@ -243,7 +243,7 @@ def test_ge_phase_comes_from_the_real_and_imaginary_images(tmp_path):
                      flip_deg="50", manufacturer="GE MEDICAL SYSTEMS", body_part="LEG",
                      image_type=("ORIGINAL", "PRIMARY", "OTHER"), values=lambda e, s, im=image: np.rint(im[e, s]),
                      extra=tag)
-    plan = dicom2bids.convert(tmp_path / "dicom", tmp_path / "bids", "01")
+    plan = dicom.convert(tmp_path / "dicom", tmp_path / "bids", "01")
     names = {img.relpath.name for img in plan.images}
     assert names == {f"sub-01_acq-calf_echo-{e}_part-{p}_MEGRE.nii.gz" for e in (1, 2) for p in ("mag", "phase", "real", "imag")}
     (phase_skip,) = plan.skipped
@@ -264,7 +264,7 @@ def write_enhanced_megre(path: Path, echo_times_ms=(2.3, 4.6, 6.9), n_slices: in
 
     Returns the phase in radians, shape (echo, slice, rows, cols).
     """
-    ds = _base(dicom2bids.ENHANCED_MR[0], generate_uid(), 7, "mFFE calf", "Philips Medical Systems", "CALF")
+    ds = _base(dicom.ENHANCED_MR[0], generate_uid(), 7, "mFFE calf", "Philips Medical Systems", "CALF")
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     ds.EchoPulseSequence = "GRADIENT"
     shared = Dataset()
@@ -310,7 +310,7 @@ def write_enhanced_megre(path: Path, echo_times_ms=(2.3, 4.6, 6.9), n_slices: in
 def test_enhanced_multiframe_echo_times_come_from_the_frames(tmp_path):
     (tmp_path / "dicom").mkdir()
     phase = write_enhanced_megre(tmp_path / "dicom/enhanced.dcm")
-    plan = dicom2bids.convert(tmp_path / "dicom", tmp_path / "bids", "01")
+    plan = dicom.convert(tmp_path / "dicom", tmp_path / "bids", "01")
     assert not plan.skipped
     anat = tmp_path / "bids/sub-01/anat"
     for k, te in enumerate((0.0023, 0.0046, 0.0069), start=1):
@@ -328,21 +328,21 @@ def test_enhanced_multiframe_echo_times_come_from_the_frames(tmp_path):
 
 
 def test_app_finds_every_recognised_series(tmp_path):
-    dicom = tmp_path / "dicom"
-    write_series(dicom, 2, "se_mc", ("10", "20", "30"), flip_deg="160")
-    write_series(dicom, 3, "gre_me", ("2.5", "5", "7.5"), sequence="GR", tr_ms="30", flip_deg="10")
-    write_series(dicom, 4, "gre_me#_phase", ("2.5", "5", "7.5"), sequence="GR", tr_ms="30", flip_deg="10",
+    dicom_dir = tmp_path / "dicom"
+    write_series(dicom_dir, 2, "se_mc", ("10", "20", "30"), flip_deg="160")
+    write_series(dicom_dir, 3, "gre_me", ("2.5", "5", "7.5"), sequence="GR", tr_ms="30", flip_deg="10")
+    write_series(dicom_dir, 4, "gre_me#_phase", ("2.5", "5", "7.5"), sequence="GR", tr_ms="30", flip_deg="10",
                  image_type=("ORIGINAL", "PRIMARY", "P", "ND"), values=lambda e, s: _pattern() * 20 - 4096,
                  extra=lambda ds: setattr(ds, "RescaleIntercept", "0"))
-    write_series(dicom, 5, "gre_MT_off", ("4",), sequence="GR", tr_ms="35", flip_deg="8")
-    write_series(dicom, 6, "gre_MT_on", ("4",), sequence="GR", tr_ms="45", flip_deg="8")
+    write_series(dicom_dir, 5, "gre_MT_off", ("4",), sequence="GR", tr_ms="35", flip_deg="8")
+    write_series(dicom_dir, 6, "gre_MT_on", ("4",), sequence="GR", tr_ms="45", flip_deg="8")
     for number, dixon in ((7, "WATER"), (8, "FAT"), (9, "IN_PHASE")):
-        write_series(dicom, number, f"vibe_dixon#_{dixon}", ("2.4",), sequence="GR", tr_ms="7", flip_deg="9",
+        write_series(dicom_dir, number, f"vibe_dixon#_{dixon}", ("2.4",), sequence="GR", tr_ms="7", flip_deg="9",
                      image_type=("DERIVED", "PRIMARY", "DIXON", dixon))
-    write_series(dicom, 10, "b1_dam#60", ("14",), flip_deg="60", tr_ms="4000")
-    write_series(dicom, 11, "b1_dam#120", ("14",), flip_deg="120", tr_ms="4000")
-    write_series(dicom, 12, "t1_tse_tra", ("12",), tr_ms="600")
-    plan = dicom2bids.convert(dicom, tmp_path / "bids", "01")
+    write_series(dicom_dir, 10, "b1_dam#60", ("14",), flip_deg="60", tr_ms="4000")
+    write_series(dicom_dir, 11, "b1_dam#120", ("14",), flip_deg="120", tr_ms="4000")
+    write_series(dicom_dir, 12, "t1_tse_tra", ("12",), tr_ms="600")
+    plan = dicom.convert(dicom_dir, tmp_path / "bids", "01")
     assert not plan.skipped, plan.report()
     assert len(plan.notes) == 8
 
@@ -374,8 +374,8 @@ def real_bids(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("dicom2bids") / "bids"
     # the Siemens header says CALF but the images are thighs
     plans = {
-        "siemens": dicom2bids.convert(siemens, root, "siemens", region="thigh"),
-        "ge": dicom2bids.convert(ge, root, "ge"),
+        "siemens": dicom.convert(siemens, root, "siemens", region="thigh"),
+        "ge": dicom.convert(ge, root, "ge"),
     }
     return root, plans, {"siemens": siemens, "ge": ge}
 
@@ -435,3 +435,10 @@ def test_app_gives_t2_maps_and_refuses_an_inseparable_dixon_from_real_conversion
     source = nb.load(root / "sub-ge/anat/sub-ge_acq-calf_echo-1_part-mag_MEGRE.nii.gz")
     assert dseg.shape == source.shape[:3] and np.allclose(dseg.affine, source.affine, atol=1e-4)
     assert len(np.unique(np.asarray(dseg.dataobj))) > 10
+
+
+def test_former_module_name_gives_the_same_converter():
+    from bids_muscle import dicom2bids
+
+    assert set(dicom2bids.__all__) == set(dicom.__all__)
+    assert all(getattr(dicom2bids, name) is getattr(dicom, name) for name in dicom.__all__)

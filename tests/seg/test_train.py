@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from bids_muscle.cli.train import main
 from bids_muscle.seg.infer import classify_region, segment
 from bids_muscle.seg.train import (
     Augmentation,
     augment_batch,
     dice_ce_loss,
     find_training_pairs,
-    main,
     train_model,
     train_region_classifier,
 )

@@ -74,7 +74,7 @@ def test_a_double_angle_pair_alone_gives_its_b1_map_and_a_report(run):
     assert sorted(p.name for p in anat.glob("*.nii.gz")) == ["sub-01_acq-calf_desc-dam_TB1map.nii.gz"]  # no N4, no labels
     html = (out / "sub-01.html").read_text()
     assert "only a double-angle B1 acquisition" in html and "double-angle method (60 and 120 deg)" in html
-    assert (out / "sub-01/figures/sub-01_acq-calf_maps.png").is_file()
+    assert (out / "sub-01/figures/sub-01_acq-calf_desc-dam_TB1map.png").is_file()
 
 
 def test_a_pdw_alone_is_the_reference_and_is_segmented(run):
