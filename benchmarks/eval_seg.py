@@ -16,11 +16,20 @@ the app:
   labels (Siemens 3D Dixon echo at 4.60 ms, first GE MEGRE echo): overlay
   montages in docs/figures and left/right volumes.
 * ``phantom``: 4 phantom participants (seeds ``[2000, k]``), T1w.
+* ``ideal`` and ``dafne``: the real labelled images ``thigh_ideal_labelled``
+  (IDEAL water and fat of a patient, nnU-Net labels) and ``calf_t1_dafne``
+  (T1w slice, manual masks), segmented as the app does (the ensemble of
+  contrasts and ``--scales``; :mod:`real_seg_tasks`): per-muscle Dice, Dice
+  per fat-fraction band, and how the per-muscle confidence ranks and flags
+  the muscles (Spearman correlation with Dice, share of muscles below Dice
+  0.7 that are flagged). These real images, not the synthetic tests, decide
+  what ships.
 
 Usage::
 
-    python benchmarks/eval_seg.py --models MODEL_DIR [--tasks thigh calf real phantom] [--calf-lolo DIR]
-        [--networks unet2d hrnet] [--figures docs/figures] [--out results_dir]
+    python benchmarks/eval_seg.py --models MODEL_DIR [--tasks thigh calf real phantom ideal dafne] [--calf-lolo DIR]
+        [--networks unet2d hrnet] [--scales 0.9 1.0 1.1] [--contrasts water fat water+fat]
+        [--figures docs/figures] [--out results_dir]
 
 Prints per-muscle tables (Dice, HD95, ASSD, absence) and summary lines.
 """
@@ -37,7 +46,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import real_seg_tasks
 import train_synth_models as sources
+from scipy.stats import spearmanr
 
 from bids_muscle.phantom import anatomy, signals
 from bids_muscle.seg import synth
@@ -223,6 +234,22 @@ def region_classifier_real(model_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def real_labelled(task_name: str, model_name: str, model_dir: Path, scales, contrasts) -> pd.DataFrame:
+    """A real labelled task (:data:`real_seg_tasks.TASKS`) through the app's ensemble."""
+    task = real_seg_tasks.TASKS[task_name]()
+    model, card = load_model(model_name, model_dir)
+    table, seconds = real_seg_tasks.segment_task(task, model, card, contrasts, scales)
+    return table.assign(task=task["name"], model=model_name, seconds=seconds)
+
+
+def confidence_summary(table: pd.DataFrame) -> str:
+    low = table[table["dice"] < 0.7]
+    rho = spearmanr(table["confidence"], table["dice"])[0] if table["confidence"].nunique() > 1 else float("nan")
+    flagged = f"{int(low['flagged'].sum())} of {len(low)}" if len(low) else "none below 0.7"
+    return (f"confidence: Spearman with Dice {rho:.2f}; muscles with Dice < 0.7 flagged: {flagged}; "
+            f"flagged with Dice >= 0.7: {int(table[table['dice'] >= 0.7]['flagged'].sum())}")
+
+
 def summary(table: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     grouped = table.groupby(by) if by else table.assign(all="all").groupby("all")
     return grouped.agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "median"), assd_mm=("assd_mm", "mean"),
@@ -235,6 +262,9 @@ def main() -> None:
     parser.add_argument("--calf-lolo", type=Path, help="folder of calf_<net>_lolo_{odd,even} models (default --models)")
     parser.add_argument("--tasks", nargs="+", default=["thigh", "calf", "real", "phantom"])
     parser.add_argument("--networks", nargs="+", default=["unet2d"])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.9, 1.0, 1.1],
+                        help="model voxel-size factors of the ensemble (ideal, dafne)")
+    parser.add_argument("--contrasts", nargs="+", help="ensemble images used (ideal: water fat water+fat; default all)")
     parser.add_argument("--figures", type=Path, help="folder for the real-thigh montages")
     parser.add_argument("--out", type=Path, help="folder for the per-muscle TSV tables")
     args = parser.parse_args()
@@ -278,6 +308,19 @@ def main() -> None:
             totals = result.groupby("image")[["right_ml", "left_ml"]].sum()
             totals["diff_percent"] = 200 * (totals["right_ml"] - totals["left_ml"]) / (totals["right_ml"] + totals["left_ml"])
             print(totals.round(1).to_string())
+        for task_name, region in (("ideal", "thigh"), ("dafne", "calf")):
+            if task_name not in args.tasks:
+                continue
+            result = real_labelled(task_name, f"{region}_{network}", args.models, args.scales, args.contrasts)
+            save(result, f"real_{task_name}_{network}")
+            print(f"\n## {region}_{network}: {result['task'].iloc[0]} (real, labelled), scales {args.scales}, "
+                  f"{result['seconds'].iloc[0]:.1f} s")
+            print(result[["abbreviation", "dice", "hd95_mm", "assd_mm", "confidence", "flagged"]
+                         + (["ff_median"] if "ff_median" in result else [])].round(3).to_string())
+            print(summary(result).to_string())
+            if "ff_band" in result:
+                print(summary(result, ["ff_band"]).to_string())
+            print(confidence_summary(result))
         if "muscleregion" in args.tasks:
             result = muscle_region_phantom(args.models)
             save(result, "muscleregion_phantom")

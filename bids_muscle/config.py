@@ -51,6 +51,7 @@ class Config:
     erode_mm: float = 0.0
     imat_method: str = "dcae"
     write_probseg: bool = False
+    seg_scales: tuple[float, ...] = (0.9, 1.0, 1.1)  # seg.ensemble.DEFAULT_SCALES
     command: str = ""
 
     def plugin_args(self) -> dict:

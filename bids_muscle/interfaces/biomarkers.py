@@ -13,7 +13,7 @@ from bids_muscle import bids
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.legs import voxel_sizes
-from bids_muscle.stats.biomarkers import column_descriptions, muscle_table, slice_table
+from bids_muscle.stats.biomarkers import add_segmentation_quality, column_descriptions, muscle_table, slice_table
 
 #: Biomarker column name of each map and the factor from its file unit.
 MAP_COLUMNS = {
@@ -73,6 +73,7 @@ def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], ero
 class _BiomarkersInputSpec(BaseInterfaceInputSpec):
     dsegs = InputMultiObject(File(exists=True), mandatory=True, desc="one muscle label map per network")
     networks = traits.List(traits.Str, mandatory=True, desc="network name of each label map")
+    seg_quality = traits.List(traits.Dict, desc="per label map: Confidence and Flags per label index (SegmentMuscles)")
     region = traits.Enum("thigh", "calf", mandatory=True)
     water_t2 = File(exists=True, desc="water T2 map (s)")
     t2 = File(exists=True, desc="T2 map (s)")
@@ -109,11 +110,14 @@ class MuscleBiomarkers(SimpleInterface):
         if len(self.inputs.dsegs) != len(self.inputs.networks):
             raise ValueError("one network name per segmentation is needed")
         muscles, slices, names = [], [], []
-        for dseg, net in zip(self.inputs.dsegs, self.inputs.networks):
+        quality = self.inputs.seg_quality or [None] * len(self.inputs.dsegs)
+        for dseg, net, q in zip(self.inputs.dsegs, self.inputs.networks, quality):
             table, per_slice, names = biomarker_tables(
                 dseg, self.inputs.region, self._map_files(), self.inputs.erode_mm,
                 self.inputs.imat_mask or None, self.inputs.muscle_region or None,
             )
+            if q is not None:
+                table = add_segmentation_quality(table, q["Confidence"], q["Flags"])
             muscles.append(table.assign(network=net))
             slices.append(per_slice.assign(network=net))
         descriptions = column_descriptions(names)

@@ -95,9 +95,15 @@ def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site",
     out["biomarkers"] = tidy
     out["biomarkers_wide"] = gstats.wide_table(tidy, metrics)
     summary_metrics = gstats.agreement_metrics(tidy)
-    out["site_summary"] = gstats.site_summary(tidy, summary_metrics)
-    reason = gstats.site_test_coverage(tidy)
-    effects = gstats.site_effects(tidy, summary_metrics) if reason is None else pd.DataFrame()
+    trusted = tidy
+    if "seg_flag" in tidy.columns:  # muscles whose labels are unlikely to be right stay out of the statistics
+        trusted = tidy[tidy["seg_flag"].fillna(0) != 1]
+        if len(trusted) < len(tidy):
+            notes.append(f"{len(tidy) - len(trusted)} flagged muscle rows (seg_flag = 1) left out of the site "
+                         "statistics; they stay in the biomarker tables")
+    out["site_summary"] = gstats.site_summary(trusted, summary_metrics)
+    reason = gstats.site_test_coverage(trusted)
+    effects = gstats.site_effects(trusted, summary_metrics) if reason is None else pd.DataFrame()
     if not effects.empty:
         out["site_effects"] = effects
     else:

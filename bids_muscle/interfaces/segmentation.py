@@ -10,7 +10,9 @@ from bids_muscle.imat.classify import INPUT_PAIRS, classify_imat
 from bids_muscle.imat.classify import METHODS as IMAT_METHODS
 from bids_muscle.imat.region import muscle_region_from_labels
 from bids_muscle.interfaces.images import save_image
-from bids_muscle.seg.infer import muscle_region_mask, resample_labels, segment
+from bids_muscle.seg.ensemble import DEFAULT_SCALES, ensemble_contrasts, flag_muscles, segment_ensemble
+from bids_muscle.seg.infer import muscle_region_mask, resample_labels
+from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.legs import voxel_sizes
 from bids_muscle.seg.zoo import find_card, load_model
 
@@ -22,6 +24,10 @@ def model_name(region: str, network: str) -> str:
 
 class _SegmentInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="anatomical reference (bias corrected)")
+    dixon_stack = File(exists=True, desc="4D water (volume 0) and fat (volume 1) on the grid of in_file, corrected by "
+                                         "the same N4 field: the ensemble segments water, fat and water+fat")
+    scales = traits.List(traits.Float, list(DEFAULT_SCALES), usedefault=True,
+                         desc="model voxel sizes (factors of the card's) of the ensemble")
     region = traits.Enum("thigh", "calf", mandatory=True)
     networks = traits.List(traits.Str, mandatory=True, desc="networks to run (zoo names without region)")
     model_dir = traits.Either(None, traits.Str, usedefault=True, desc="user model folder; package models otherwise")
@@ -34,10 +40,13 @@ class _SegmentOutputSpec(TraitedSpec):
     probsegs = OutputMultiObject(File(exists=True), desc="one probability map per network")
     model_cards = traits.List(traits.Dict, desc="card of each network's model")
     probseg_labels = traits.List(traits.List(traits.Int), desc="label index of each probseg volume, per network")
+    quality = traits.List(traits.Dict, desc="per network: Confidence and Flags per label index, and the members fused")
 
 
 class SegmentMuscles(SimpleInterface):
-    """Segment individual muscles of both legs with each requested network."""
+    """Segment individual muscles of both legs with each requested network,
+    as an ensemble of contrasts and scales (:mod:`bids_muscle.seg.ensemble`)
+    with a confidence and QC flags per muscle."""
 
     input_spec = _SegmentInputSpec
     output_spec = _SegmentOutputSpec
@@ -45,21 +54,36 @@ class SegmentMuscles(SimpleInterface):
     def _run_interface(self, runtime):
         img = nb.load(self.inputs.in_file)
         image = np.asarray(img.dataobj, dtype=np.float32)
-        dsegs, probsegs, cards, probseg_labels = [], [], [], []
+        fat = None
+        if self.inputs.dixon_stack:
+            fat = np.asarray(nb.load(self.inputs.dixon_stack).dataobj, dtype=np.float32)[..., 1]
+        images = ensemble_contrasts(image, fat)
+        voxel_ml = float(np.prod(voxel_sizes(img.affine))) / 1000.0
+        table = {lab.index: lab.abbreviation for lab in load_label_table(self.inputs.region)}
+        dsegs, probsegs, cards, probseg_labels, quality = [], [], [], [], []
         for network in self.inputs.networks:
             model, card = load_model(model_name(self.inputs.region, network), self.inputs.model_dir)
-            result = segment(image, img.affine, model, card, return_probabilities=self.inputs.probabilities,
-                             num_threads=self.inputs.num_threads)
-            dsegs.append(save_image(result["dseg"].astype(np.int16), img.affine, f"{network}_dseg.nii.gz", runtime.cwd))
-            if result["probseg"] is not None:
+            result = segment_ensemble(images, img.affine, model, card, scales=self.inputs.scales,
+                                      num_threads=self.inputs.num_threads)
+            dseg = result["dseg"].astype(np.int16)
+            dsegs.append(save_image(dseg, img.affine, f"{network}_dseg.nii.gz", runtime.cwd))
+            if self.inputs.probabilities:
                 probsegs.append(save_image(result["probseg"], img.affine, f"{network}_probseg.nii.gz", runtime.cwd))
                 probseg_labels.append([int(v) for v in result["probseg_labels"]])
+            confidence = result["confidence"]
+            volumes = {label: np.count_nonzero(dseg == label) * voxel_ml for label in confidence}
+            flags = flag_muscles(confidence, volumes, self.inputs.region)
+            quality.append({"Confidence": confidence, "Flags": flags, "Members": result["members"]})
             cards.append({"Name": card.name, "Architecture": card.architecture, "SHA256": card.sha256,
-                          "TrainingData": card.training_data, "Labels": "desc-%s_dseg.tsv" % network})
+                          "TrainingData": card.training_data, "Labels": "desc-%s_dseg.tsv" % network,
+                          "Ensemble": [{"Image": name, "VoxelSizeFactor": scale} for name, scale in result["members"]],
+                          "ExpectedDice": {table[k]: round(v, 3) for k, v in sorted(confidence.items()) if k in table},
+                          "Flagged": {table[k]: v for k, v in sorted(flags.items()) if v and k in table}})
         self._results["dsegs"] = dsegs
         self._results["probsegs"] = probsegs
         self._results["model_cards"] = cards
         self._results["probseg_labels"] = probseg_labels
+        self._results["quality"] = quality
         return runtime
 
 

@@ -63,6 +63,7 @@ __all__ = [
     "WHOLE_REGION_NAME",
     "column_descriptions",
     "erode_labels",
+    "largest_cross_section_mm2",
     "muscle_table",
     "muscle_territories",
     "slice_table",
@@ -241,6 +242,47 @@ def muscle_territories(label_map, spacing_mm, labels, muscle_region_mask) -> np.
     return out
 
 
+def largest_cross_section_mm2(label_map, spacing_mm, labels, *, axis: int = -1, mask=None) -> np.ndarray:
+    """Largest cross-sectional area of every listed label over the slices.
+
+    Parameters
+    ----------
+    label_map : array of int
+        Muscle label map (0 = background).
+    spacing_mm : sequence of float
+        Voxel size per axis in mm.
+    labels : sequence of int or Label
+        Labels to measure, in the order of the result.
+    axis : int
+        Slice axis (default last; the through-plane axis of axial scans).
+    mask : array of bool, optional
+        A further region (the whole muscle region) measured the same way and
+        appended as the last value.
+
+    Returns
+    -------
+    ndarray of float64
+        Per label (then ``mask``): the largest number of its voxels in one
+        slice times the in-plane voxel area, in mm^2; 0 for an absent label.
+    """
+    seg = _as_label_map(label_map)
+    sp = _spacing(spacing_mm, seg.ndim)
+    if not -seg.ndim <= axis < seg.ndim:
+        raise ValueError(f"axis {axis} out of range for a {seg.ndim}-D label map")
+    axis = axis % seg.ndim
+    values = label_indices(labels)
+    pixel_mm2 = float(np.prod([s for i, s in enumerate(sp) if i != axis]))
+    n_slices = seg.shape[axis]
+    groups = _lookup(values, int(seg.max(initial=0)))[np.moveaxis(seg, axis, 0).reshape(n_slices, -1)]
+    keys = np.arange(n_slices)[:, None] * values.size + groups
+    per_slice = np.bincount(keys[groups >= 0], minlength=n_slices * values.size).reshape(n_slices, values.size)
+    largest = per_slice.max(axis=0, initial=0).astype(np.float64)
+    if mask is not None:
+        region = _optional_mask(mask, seg.shape, "mask")
+        largest = np.append(largest, np.moveaxis(region, axis, 0).reshape(n_slices, -1).sum(axis=1).max(initial=0))
+    return largest * pixel_mm2
+
+
 def _group_runs(groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Voxel order that makes every group a contiguous run.
 
@@ -319,7 +361,8 @@ def muscle_table(
     -------
     pandas.DataFrame
         Columns ``label``, ``name``, ``abbreviation``, ``muscle``, ``side``,
-        ``voxel_count``, ``volume_ml``; for each map ``<map>_mean``,
+        ``voxel_count``, ``volume_ml``, ``csa_max_mm2`` (largest area over
+        the slices of the last axis); for each map ``<map>_mean``,
         ``_median``, ``_sd``, ``_p25``, ``_p75``, ``_n``; with ``imat_mask``
         ``territory_volume_ml``, ``imat_volume_ml`` and ``imat_fraction``
         (0-1). The last row (label 0, name ``whole_region``) covers the
@@ -354,6 +397,7 @@ def muscle_table(
     table: dict[str, object] = {key: [row[key] for row in rows] for key in rows[0]}
     table["voxel_count"] = np.append(counts, whole_count)
     table["volume_ml"] = np.append(counts, whole_count) * voxel_ml
+    table["csa_max_mm2"] = largest_cross_section_mm2(seg, sp, values, mask=whole)
 
     muscle_runs = _group_runs(stat_groups, n_rows)
     whole_voxels = np.flatnonzero(stat_whole)
@@ -512,6 +556,30 @@ def _map_description(name: str) -> tuple[str, str]:
     return name.replace("_", " "), "arbitrary"
 
 
+def add_segmentation_quality(
+    table: pd.DataFrame, confidence: Mapping[int, float], flags: Mapping[int, Sequence[str]]
+) -> pd.DataFrame:
+    """Columns ``seg_confidence`` (expected Dice of the muscle's labels,
+    NaN where the network found none), ``seg_flag`` (1 when the muscle is
+    unlikely to be right, also for a muscle that was not found) and
+    ``seg_flag_reason`` of a :func:`muscle_table` (the whole-region row gets
+    no confidence and no flag)."""
+    labels = table["label"].astype(int)
+    out = table.copy()
+    out["seg_confidence"] = [float(confidence[k]) if k in confidence else np.nan for k in labels]
+    reasons = []
+    for k in labels:
+        if k == 0:
+            reasons.append("")
+        elif k not in confidence:
+            reasons.append("not found")
+        else:
+            reasons.append("; ".join(flags.get(k, ())))
+    out["seg_flag"] = [int(bool(r)) for r in reasons]
+    out["seg_flag_reason"] = reasons
+    return out
+
+
 def column_descriptions(maps: Sequence[str] | Mapping[str, object] = ()) -> dict[str, dict[str, str]]:
     """Description and unit of every column of the biomarker tables.
 
@@ -537,12 +605,20 @@ def column_descriptions(maps: Sequence[str] | Mapping[str, object] = ()) -> dict
         "muscle": {"Description": "muscle name without side", "Units": "n/a"},
         "side": {"Description": "body side (right, left; both for the whole region)", "Units": "n/a"},
         "slice": {"Description": "slice index along the slice axis, from 0", "Units": "n/a"},
+        "seg_confidence": {"Description": "confidence of the muscle's labels: the Dice expected from the ensemble's "
+                                          "averaged probabilities (over-confident networks read high; it ranks muscles "
+                                          "as their real Dice does)", "Units": "n/a"},
+        "seg_flag": {"Description": "1 when the muscle's labels are unlikely to be right (see seg_flag_reason): "
+                                    "exclude or check before analysis", "Units": "n/a"},
+        "seg_flag_reason": {"Description": "why seg_flag is set (empty: not flagged)", "Units": "n/a"},
         "voxel_count": {"Description": "number of voxels of the muscle label (before any erosion)",
                         "Units": "voxels"},
         "volume_ml": {"Description": "muscle volume: voxel count times voxel volume (before any erosion)",
                       "Units": "ml"},
         "area_cm2": {"Description": "cross-sectional area of the muscle in the slice (before any erosion)",
                      "Units": "cm^2"},
+        "csa_max_mm2": {"Description": "largest cross-sectional area of the muscle over the slices (slice axis: "
+                                       "the last image axis; before any erosion)", "Units": "mm^2"},
         "territory_volume_ml": {
             "Description": "volume of the muscle's territory: muscle-region voxels nearest to this muscle "
                            "(the muscle label itself without a muscle-region mask)",

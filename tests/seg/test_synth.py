@@ -14,9 +14,9 @@ from bids_muscle.seg import synth
 from bids_muscle.seg.infer import muscle_region_mask, segment
 from bids_muscle.seg.train import (
     LegVolume,
-    masked_dice_ce_loss,
-    masked_validation_dice,
+    dice_ce_loss,
     train_synthetic_model,
+    validation_dice,
 )
 from bids_muscle.seg.zoo import load_model
 
@@ -98,6 +98,7 @@ def test_fat_infiltration_patchy_and_diffuse():
     tissue = synth.complete_tissues(classes, "thigh", 2.0, np.random.default_rng(0))
     contrast = synth.draw_contrast([2, 3, 5, 6], np.random.default_rng(0), family="t1w")
     contrast.stds[:] = 0.0
+    contrast.plane_weight = 0.0
     contrast.fat_fraction = {2: 0.0, 3: 0.5, 5: 0.3, 6: 0.0}
     contrast.patchy = {2: False, 3: True, 5: False, 6: False}
     image = synth.render_tissues(tissue, classes, contrast, np.random.default_rng(0), 2.0)
@@ -110,6 +111,34 @@ def test_fat_infiltration_patchy_and_diffuse():
     draws = [synth.draw_contrast(list(range(13)), np.random.default_rng(s)).fat_fraction for s in range(30)]
     values = np.array([v for d in draws for v in d.values()])
     assert values.min() >= 0.0 and values.max() <= 0.8 and (values > 0.3).any()
+
+
+def test_disease_patterns_and_planes_between_muscles():
+    settings = synth.SynthesisSettings(infiltration_max=0.9, pattern_probability=0.4, plane_probability=0.7)
+    draws = [synth.draw_contrast(list(range(1, 14)), np.random.default_rng(s), settings) for s in range(200)]
+    # off by default, without changing the default draws
+    default = synth.draw_contrast(list(range(1, 14)), np.random.default_rng(0))
+    assert default.plane_weight == 0.0 and max(default.fat_fraction.values()) <= 0.8
+    severe = np.array([np.mean(np.array(list(d.fat_fraction.values())) > 0.5) for d in draws])
+    # selective involvement: some images have several muscles above 50 % fat beside lean ones
+    patterned = (severe >= 0.2) & (severe <= 0.8)
+    assert 0.15 < patterned.mean() < settings.pattern_probability + 0.05
+    assert max(max(d.fat_fraction.values()) for d in draws) > 0.85
+    # where two muscles touch, the voxels carry the fat (or fascia) of the plane between them
+    classes = ring_leg()
+    tissue = synth.complete_tissues(classes, "thigh", 2.0, np.random.default_rng(0))
+    contrast = synth.draw_contrast([2, 3, 5, 6], np.random.default_rng(0), family="t1w")
+    contrast.stds[:] = 0.0
+    contrast.fat_fraction = dict.fromkeys([2, 3, 5, 6], 0.0)
+    contrast.plane_weight, contrast.plane_tissue = 0.5, synth.IM_FAT
+    image = synth.render_tissues(tissue, classes, contrast, np.random.default_rng(0), 2.0)
+    borders = synth.muscle_borders(np.where(tissue == synth.MUSCLE, classes, 0))
+    assert borders.any() and not borders[classes == 0].any()
+    fat = contrast.means[synth.IM_FAT]
+    expected = 0.5 * np.vectorize(contrast.muscle_means.get)(classes[borders]) + 0.5 * fat
+    assert np.allclose(image[borders], expected, rtol=1e-4)
+    inner = (tissue == synth.MUSCLE) & ~borders & (classes == 3)
+    assert np.allclose(image[inner], contrast.muscle_means[3], rtol=1e-4)
 
 
 def test_leg_anatomies_canonical_right_legs_with_bones():
@@ -135,16 +164,16 @@ def test_synthesis_is_cheap_and_deterministic():
     assert np.array_equal(classes > 0, leg.classes > 0)
 
 
-def test_masked_loss_ignores_unknown_voxels():
+def test_loss_ignores_unknown_voxels():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 8, 8)
     target = torch.randint(0, 4, (2, 8, 8))
     target[:, :3] = synth.IGNORE
     changed = logits.clone()
     changed[:, :, :3] += 5 * torch.randn(2, 4, 3, 8)
-    assert torch.isclose(masked_dice_ce_loss(logits, target, 4), masked_dice_ce_loss(changed, target, 4))
+    assert torch.isclose(dice_ce_loss(logits, target, 4), dice_ce_loss(changed, target, 4))
     perfect = torch.nn.functional.one_hot(target.clamp_min(0), 4).movedim(-1, 1).float() * 50
-    assert masked_dice_ce_loss(perfect, target, 4) < 0.01
+    assert dice_ce_loss(perfect, target, 4) < 0.01
 
 
 def test_train_synthetic_model_writes_a_loadable_card(tmp_path):
@@ -173,7 +202,7 @@ def test_train_synthetic_model_writes_a_loadable_card(tmp_path):
     assert mask.dtype == bool and mask.shape == truth.labels.shape
     with pytest.raises(ValueError, match="not a muscle-region model"):
         muscle_region_mask(truth.pd, truth.affine, model, card=load_model(result.card_path)[1])
-    assert masked_validation_dice(model, val, 2, 14) == pytest.approx(result.best_val_dice, abs=1e-6)
+    assert validation_dice(model, val, 2, 14) == pytest.approx(result.best_val_dice, abs=1e-6)
     with pytest.raises(ValueError, match="patch of 3 sizes"):
         train_synthetic_model([legs], "thigh", "unet3d", tmp_path, label_indices=THIGH_RIGHT, val_legs=val, patch_size=(64, 64))
 
@@ -222,12 +251,12 @@ def test_pool_draws_3d_blocks_and_ignores_unlabelled_real_slices():
 
 def test_unet2d_weights_start_a_unet3d_as_the_2d_network_slice_by_slice():
     from bids_muscle.seg.nets import build_network
-    from bids_muscle.seg.train import _load_matching
+    from bids_muscle.seg.train import load_matching_weights
 
     torch.manual_seed(0)
     flat = build_network("unet2d", in_channels=1, n_classes=5, base_features=4).eval()
     deep = build_network("unet3d", in_channels=1, n_classes=5, base_features=4)
-    _load_matching(deep, flat.state_dict())
+    load_matching_weights(deep, flat.state_dict())
     deep.eval()
     x = torch.randn(1, 1, 48, 48)
     with torch.no_grad():
