@@ -13,8 +13,9 @@ class _ReportInputSpec(BaseInterfaceInputSpec):
     subject = traits.Str(mandatory=True)
     session = traits.Str()
     command = traits.Str("")
-    methods = traits.List(traits.Str, desc="methods paragraphs")
+    region_methods = traits.Dict(traits.Str, traits.List(traits.Str), desc="region -> its workflow descriptions")
     warnings = traits.List(traits.Str, desc="warnings found while collecting inputs")
+    model_dir = traits.Str(desc="--model-dir of the run (model cards looked up there first)")
     written = traits.List(desc="derivatives written before the report (ordering only)")
 
 
@@ -23,7 +24,7 @@ class _ReportOutputSpec(TraitedSpec):
 
 
 class ParticipantReport(SimpleInterface):
-    """Write ``sub-<label>.html`` with figures of every map and mask of the participant."""
+    """Write ``sub-<label>.html`` (figures of every map and mask of the participant) and its CITATION files."""
 
     input_spec = _ReportInputSpec
     output_spec = _ReportOutputSpec
@@ -35,8 +36,9 @@ class ParticipantReport(SimpleInterface):
                 self.inputs.subject,
                 self.inputs.session or None,
                 self.inputs.command,
-                list(self.inputs.methods or []),
+                dict(self.inputs.region_methods or {}),
                 list(self.inputs.warnings or []),
+                self.inputs.model_dir or None,
             )
         )
         return runtime
@@ -47,6 +49,7 @@ class _GroupReportInputSpec(BaseInterfaceInputSpec):
     tables = traits.Dict(mandatory=True, desc="group table name -> path")
     agreement_tables = traits.Dict(desc="segmentation agreement table name -> path")
     notes = traits.List(traits.Str, desc="what the group level did not compute, and why")
+    methods = traits.List(traits.Str, desc="workflow descriptions of the group level")
     command = traits.Str("")
 
 
@@ -59,5 +62,5 @@ class GroupReport(SimpleInterface):
     def _run_interface(self, runtime):
         self._results["out_report"] = str(build_group_report(
             self.inputs.out_dir, {**self.inputs.tables, **(self.inputs.agreement_tables or {})}, self.inputs.command,
-            list(self.inputs.notes or [])))
+            list(self.inputs.notes or []), list(self.inputs.methods or [])))
         return runtime

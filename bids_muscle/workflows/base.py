@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from nipype.interfaces import utility as niu
+import nibabel as nb
+import numpy as np
 from nipype.pipeline import engine as pe
 from niworkflows.engine.workflows import LiterateWorkflow as Workflow
 
 from pathlib import Path
 
-from bids_muscle import __version__, bids
+from bids_muscle import bids
 from bids_muscle.bids import DESCRIPTIONS, RegionInputs
 from bids_muscle.config import Config
 from bids_muscle.interfaces.bias import N4BiasCorrection
@@ -18,6 +20,8 @@ from bids_muscle.interfaces.qmaps import ComputeMTR, DoubleAngleB1, FitMEGRE, Fi
 from bids_muscle.interfaces.reports import ParticipantReport
 from bids_muscle.interfaces.segmentation import MuscleRegionIMAT, SegmentMuscles
 from bids_muscle.qmri import dixon
+from bids_muscle.reports.methods import workflow_descriptions
+from bids_muscle.seg.ensemble import ensemble_members
 from bids_muscle.seg.zoo import region_networks
 
 MESE_MAPS = ("t2", "pd", "water_t2", "ff", "b1")
@@ -65,11 +69,7 @@ def init_participant_wf(
     Derivatives under ``config.output_dir`` and the report ``sub-<label>.html``.
     """
     name = _node_name("sub", subject, "ses" if session else None, session, "wf")
-    workflow = Workflow(name=name)
-    workflow.__desc__ = (
-        "Images were processed with *bids_muscle* {version}, a BIDS App for quantitative MRI of the "
-        "thigh and calf muscles built on Nipype (Gorgolewski et al. 2011) and NiWorkflows."
-    )
+    workflow = Workflow(name=name)  # the opening methods paragraph is templates/methods/intro.txt
     region_wfs = [init_region_wf(config, rin, networks.get(rin.region, [])) for rin in regions]
     report = pe.Node(
         ParticipantReport(out_dir=str(config.output_dir), subject=subject, command=config.command),
@@ -78,13 +78,13 @@ def init_participant_wf(
     )
     if session:
         report.inputs.session = session
+    if config.model_dir:
+        report.inputs.model_dir = str(config.model_dir)
     merge = pe.Node(niu.Merge(len(region_wfs)), name="written", run_without_submitting=True)
     for k, rwf in enumerate(region_wfs):
         workflow.connect(rwf, "outputnode.written", merge, f"in{k + 1}")
     workflow.connect(merge, "out", report, "written")
-    report.inputs.methods = [
-        paragraph.format(version=__version__) for paragraph in workflow.visit_desc().split("\n") if paragraph.strip()
-    ]
+    report.inputs.region_methods = {rin.region: workflow_descriptions(rwf) for rin, rwf in zip(regions, region_wfs)}
     report.inputs.warnings = [
         f"{rin.region}: no segmentation model available for networks "
         f"{', '.join(region_networks(rin.region, config.networks))}; "
@@ -164,8 +164,8 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     ref = rin.anatomical_reference
     if ref is not None:
         workflow.__desc__ = (
-            f"For the {rin.region}, the anatomical reference ({ref.name}) was corrected for "
-            "intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
+            f"For the {rin.region}, the anatomical reference ({ref.name.split('_')[-1].split('.')[0]} image) was "
+            "corrected for intensity non-uniformity with N4 (Tustison et al. 2010) in SimpleITK."
         )
     else:  # a double-angle B1 pair only (see RegionInputs.anatomical_reference)
         workflow.__desc__ = (
@@ -184,7 +184,10 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
 
     n4_ref = None
     if ref is not None:
-        n4_ref = pe.Node(N4BiasCorrection(in_files=[str(ref)], sloppy=config.sloppy, prefix="anat"), name="n4_anat")
+        # a Dixon fat image shares the water reference's field: both feed the segmentation ensemble
+        dixon_pair = _dixon_pair(rin)
+        anat_files = [str(ref), str(rin.dixon_fat)] if dixon_pair else [str(ref)]
+        n4_ref = pe.Node(N4BiasCorrection(in_files=anat_files, sloppy=config.sloppy, prefix="anat"), name="n4_anat")
         ref_suffix = ref.name.split("_")[-1].split(".")[0]  # T1w, PDw, T2w, MESE ...: desc-n4_<suffix>
         ds_ref = _sink(config, "ds_anat_n4", {**ent, "desc": "n4"}, ref_suffix, [ref],
                        {"Description": "anatomical reference, N4 bias-field corrected"})
@@ -224,6 +227,8 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
     if networks and n4_ref is not None:
         seg_wf = init_segmentation_wf(config, rin, networks)
         workflow.connect(n4_ref, "reference", seg_wf, "inputnode.reference")
+        if dixon_pair:
+            workflow.connect(n4_ref, "out_file", seg_wf, "inputnode.dixon_stack")
         written.append((seg_wf, "outputnode.written"))
         if mese_wf is not None:
             workflow.connect(mese_wf, "outputnode.ff", seg_wf, "inputnode.ff")
@@ -352,6 +357,7 @@ def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
     workflow.__desc__ = (
         f"The multi-echo gradient echo ({len(rin.megre_mag.files)} echoes, TE {te_ms} ms, "
         f"{rin.field_strength_t:g} T) was separated into water and fat with a 6-peak fat spectrum "
+        "(Hamilton et al. 2011; Yu et al. 2008) "
         + ("by variable projection over an off-resonance grid with a spatially grown field map, also giving "
            "R2* and the B0 field map." if complex_data else
            "from the magnitude images only (fat fraction limited to 0-50 %, water assumed dominant).")
@@ -490,26 +496,33 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     workflow = Workflow(name="segmentation_wf")
     workflow.__desc__ = (
         f"Individual muscles were segmented on the anatomical reference with {', '.join(networks)} "
-        "after splitting and mirroring the legs (Rohm et al. 2021; Agosti et al. 2021). The muscle region "
+        "after splitting and mirroring the legs (Rohm et al. 2021; Agosti et al. 2021), averaging the probabilities "
+        f"of {_ensemble_text(rin, config)}; each muscle's confidence was the Dice expected from these probabilities. "
+        "The muscle region "
         "(muscles and the fat between them, without bone or subcutaneous fat) was the union of the muscle "
         f"labels closed in-plane, and intramuscular adipose tissue (IMAT) was {IMAT_DESCRIPTIONS[config.imat_method]} "
         "(Amer et al. 2022). Per-muscle biomarkers were the statistics of each map inside each label "
         "(Hostin et al. 2023)."
     )
     map_fields = [f"mese_{m}" for m in MESE_MAPS] + ["ff_dixon", "r2star", "mtr"]
-    inputnode = pe.Node(niu.IdentityInterface(fields=["reference", "ff", *map_fields]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["reference", "dixon_stack", "ff", *map_fields]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["written"]), name="outputnode")
     ent = rin.entities
     sources = [rin.anatomical_reference]
     written = []
     merge_dseg = pe.Node(niu.Merge(len(networks)), name="merge_dseg", run_without_submitting=True)
+    merge_quality = pe.Node(niu.Merge(len(networks)), name="merge_quality", run_without_submitting=True)
+    dixon_pair = _dixon_pair(rin)
     for k, network in enumerate(networks):
         seg = pe.Node(
-            SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir,
+            SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir, scales=list(config.seg_scales),
                            num_threads=config.omp_nthreads, probabilities=config.write_probseg),
             name=f"seg_{network}",
             n_procs=config.omp_nthreads,
         )
+        if dixon_pair:
+            workflow.connect(inputnode, "dixon_stack", seg, "dixon_stack")
+        workflow.connect(seg, ("quality", _first), merge_quality, f"in{k + 1}")
         ds = _sink(config, f"ds_dseg_{network}", {**ent, "desc": network}, "dseg", sources,
                    {"Description": f"individual muscles segmented by {network}", "LabelTable": f"desc-{network}_dseg.tsv"},
                    dtype="int16")
@@ -548,6 +561,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     )
     workflow.connect([
         (merge_dseg, biomarkers, [("out", "dsegs")]),
+        (merge_quality, biomarkers, [("out", "seg_quality")]),
         (ds_region, biomarkers, [("out_file", "muscle_region")]),
     ])
     dixon_source = _dixon_source(rin)
@@ -599,6 +613,24 @@ def _ff_sources(rin: RegionInputs) -> list:
     if dixon_source == "waterfat":
         return [rin.dixon_water, rin.dixon_fat]
     return []
+
+
+def _dixon_pair(rin: RegionInputs) -> bool:
+    """The reference is a Dixon water image with a fat image on its grid: both are segmented (seg.ensemble)."""
+    if rin.anatomical_reference is None or rin.anatomical_reference != rin.dixon_water or rin.dixon_fat is None:
+        return False
+    water, fat = nb.load(rin.dixon_water), nb.load(rin.dixon_fat)
+    return water.shape[:3] == fat.shape[:3] and np.allclose(water.affine, fat.affine, atol=1e-3)
+
+
+def _ensemble_text(rin: RegionInputs, config: Config) -> str:
+    """The passes of the segmentation ensemble, in words (seg.ensemble.ensemble_members)."""
+    dixon_pair = _dixon_pair(rin)
+    contrasts = ["water", "fat", "water+fat"] if dixon_pair else ["reference"]
+    members = ensemble_members(contrasts, config.seg_scales)
+    if dixon_pair:
+        return "the water, fat and water+fat images"
+    return f"{len(members)} model voxel sizes ({', '.join(f'{s:g}' for _, s in members)} x the model's)"
 
 
 def _model_metadata(cards: list, base: dict) -> dict:

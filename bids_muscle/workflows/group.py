@@ -53,7 +53,8 @@ def init_group_wf(config: Config) -> Workflow:
         name="agreement",
         overwrite=True,
     )
-    report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command), name="report", overwrite=True)
+    report = pe.Node(GroupReport(out_dir=str(config.output_dir), command=config.command, methods=[workflow.__desc__]),
+                     name="report", overwrite=True)
     workflow.connect([
         (aggregate, report, [("tables", "tables"), ("notes", "notes")]),
         (agreement, report, [("tables", "agreement_tables")]),
