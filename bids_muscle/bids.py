@@ -11,10 +11,13 @@ half-written file under a final name.
 from __future__ import annotations
 
 import filecmp
+import functools
 import json
+import re
 import os
 import tempfile
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 from bids.layout import Query
 
 from bids_muscle import __version__
-from bids_muscle.preflight import InputError, check_dataset  # noqa: F401  (part of this module's interface)
+from bids_muscle.preflight import ImageInfo, InputError, check_dataset, check_image, number
 
 REGIONS = ("thigh", "calf")
 
@@ -79,8 +82,17 @@ def derivative_path(out_dir: Path, entities: dict, suffix: str, extension: str =
 
 
 def bids_uri(path: Path, dataset_root: Path, dataset_name: str = "raw") -> str:
-    """BIDS URI ``bids:<name>:<relative path>`` of a file inside a dataset."""
-    rel = Path(path).resolve().relative_to(Path(dataset_root).resolve())
+    """BIDS URI ``bids:<name>:<relative path>`` of a file inside a dataset.
+
+    The file's own name is kept when it is a symbolic link (a DataLad or
+    git-annex dataset, images linked from elsewhere): only the folders are
+    resolved.
+    """
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(dataset_root))
+    try:
+        rel = path.relative_to(root)
+    except ValueError:  # reached through another spelling of the folders
+        rel = (path.parent.resolve() / path.name).relative_to(root.resolve())
     return f"bids:{dataset_name}:{rel.as_posix()}"
 
 
@@ -105,15 +117,41 @@ def _replace_if_changed(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+#: Names of :func:`_atomic_target` (``tempfile.mkstemp`` adds 8 characters).
+_TEMPORARY = re.compile(r"^\.[^.]+\.[A-Za-z0-9_]{8}\.tmp(\.|$)")
+
+
+@contextmanager
+def _atomic(path: Path):
+    """A temporary name beside ``path`` to write to, moved onto ``path`` at the
+    end; on any error (a full disk) it is removed, ``path`` is left as it was
+    and the error names the folder."""
+    tmp = None
+    try:
+        tmp = _atomic_target(path)
+        yield tmp
+        _replace_if_changed(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"{path.parent}: cannot write {path.name} ({err.strerror or err})") from None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def remove_temporaries(out_dir: Path) -> list[Path]:
+    """Remove the temporary files a killed run left under ``out_dir`` (call it
+    holding the folder's lock: no other run writes there)."""
+    found = [p for p in Path(out_dir).rglob(".*.tmp*") if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in found:
+        path.unlink(missing_ok=True)
+    return found
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file and an atomic rename (untouched when unchanged)."""
     path = Path(path)
-    tmp = _atomic_target(path)
-    try:
+    with _atomic(path) as tmp:
         tmp.write_text(text)
-        _replace_if_changed(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -137,12 +175,8 @@ def save_nifti_atomic(path: Path, data: np.ndarray, affine: np.ndarray, header=N
     img = nb.Nifti1Image(np.asarray(data), affine, header)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    tmp = _atomic_target(path)
-    try:
+    with _atomic(path) as tmp:
         nb.save(img, tmp)
-        _replace_if_changed(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -207,14 +241,29 @@ def container_info() -> dict | None:
 
 
 def init_derivatives(out_dir: Path, bids_dir: Path) -> None:
-    """Create the dataset-level files of the derivatives folder (idempotent)."""
+    """Create the dataset-level files of the derivatives folder (idempotent).
+
+    A folder whose ``dataset_description.json`` says another application made
+    it is refused (:class:`InputError`): nothing of it is overwritten. An
+    earlier version of bids_muscle is taken over.
+    """
     out_dir = Path(out_dir)
+    described = out_dir / "dataset_description.json"
+    if described.is_file():
+        try:
+            made_by = json.loads(described.read_text()).get("GeneratedBy") or [{}]
+            name = made_by[0].get("Name") if isinstance(made_by, list) and isinstance(made_by[0], dict) else None
+        except (ValueError, AttributeError):
+            name = "an unknown application (the file is not a JSON object)"
+        if name != "bids_muscle":
+            raise InputError(f"{described}: the output folder holds derivatives of {name or 'another application'}; "
+                             "choose another output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(
         out_dir / "dataset_description.json",
         dataset_description("bids_muscle derivatives", bids_dir, container_info()),
     )
-    write_text_atomic(out_dir / ".bidsignore", "".join(f"*_{s}.*\n" for s in CUSTOM_SUFFIXES) + "group/\n*.html\n")
+    write_text_atomic(out_dir / ".bidsignore", "".join(f"*_{s}.*\n" for s in CUSTOM_SUFFIXES) + "group/\nlogs/\n*.html\n")
     lines = ["desc_id\tdescription"] + [f"{k}\t{v}" for k, v in DESCRIPTIONS.items()]
     write_text_atomic(out_dir / "descriptions.tsv", "\n".join(lines) + "\n")
 
@@ -340,55 +389,87 @@ def region_of(acquisition: str | None, allowed: tuple[str, ...]) -> str | None:
     return None
 
 
-def load_layout(bids_dir: Path, validate: bool = True):
-    """Index ``bids_dir`` with pybids without writing anything into it."""
-    from bids.layout import BIDSLayout
+def load_layout(bids_dir: Path, validate: bool = True, exclude=()):
+    """Index ``bids_dir`` with pybids without writing anything into it.
+
+    ``exclude`` holds ``(participant, session or None)`` pairs left out of the
+    index (those whose sidecars :func:`bids_muscle.preflight.check_sidecars`
+    found broken: pybids would fail on the whole dataset).
+    """
+    from bids.layout import BIDSLayout, BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     check_dataset(bids_dir)
-    return BIDSLayout(str(bids_dir), validate=validate, derivatives=False)
+    ignore = [*DEFAULT_LOCATIONS_TO_IGNORE] + [
+        re.compile("^/" + re.escape(f"sub-{sub}" + (f"/ses-{ses}" if ses else "")) + "(/|$)") for sub, ses in exclude]
+    return BIDSLayout(str(bids_dir), validate=validate, derivatives=False,
+                      indexer=BIDSLayoutIndexer(validate=validate, ignore=ignore))
 
 
 def _metadata(path: Path, layout) -> dict:
     return layout.get_metadata(str(path))
 
 
-def _image_shape(path: Path) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=1024)
+def _checked_image(path: str, mtime_ns: int, size: int) -> ImageInfo:
+    return check_image(Path(path))
+
+
+def _image(path: Path) -> ImageInfo:
+    """:func:`bids_muscle.preflight.check_image` of ``path``, read once per version of the file."""
     try:
-        return nb.load(str(path)).shape
-    except Exception as err:  # nibabel raises several types for broken files
-        raise InputError(f"{path}: cannot be read as NIfTI ({err})") from None
+        stat = Path(path).stat()
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror})") from None
+    return _checked_image(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _echo_time(value, path: Path, what: str) -> float:
+    return number({"EchoTime": value}, "EchoTime", path, what, low=0.0, high=1.0, unit="s", milliseconds=True)
 
 
 def _echo_series(files, layout, what: str, min_echoes: int = 1) -> Series:
-    """Sort echo files by EchoTime and check metadata and shapes."""
-    entries = []
+    """Sort echo files by EchoTime and check metadata, images and grids."""
+    entries, by_index = [], {}
     for f in files:
-        meta = _metadata(f.path, layout)
+        path = Path(f.path)
+        index = f.entities.get("echo")
+        index = int(index) if str(index).isdigit() else index  # echo-2 and echo-02 are the same echo
+        if index is not None and index in by_index:
+            raise InputError(f"{path}: echo-{index} of {what} is also {by_index[index].name}")
+        by_index[index] = path
+        meta = _metadata(path, layout)
         te = meta.get("EchoTime")
         if te is None:
-            raise InputError(f"{f.path}: EchoTime missing from the sidecar ({what})")
-        shape = _image_shape(Path(f.path))
-        if len(shape) == 4 and isinstance(te, list) and len(te) == shape[3]:
-            for k, te_k in enumerate(te):
-                entries.append((float(te_k), Path(f.path), dict(meta, EchoTime=float(te_k), VolumeIndex=k)))
-            continue
+            raise InputError(f"{path}: EchoTime missing from the sidecar ({what})")
+        shape = _image(path).shape
+        volumes = shape[3] if len(shape) == 4 else 1
         if isinstance(te, list):
-            raise InputError(f"{f.path}: EchoTime lists {len(te)} values but the image has shape {shape}")
-        entries.append((float(te), Path(f.path), meta))
+            if volumes < 2 or len(te) != volumes:
+                raise InputError(f"{path}: EchoTime lists {len(te)} values but the image has shape {shape}")
+            for k, te_k in enumerate(te):
+                te_k = _echo_time(te_k, path, what)
+                entries.append((te_k, path, dict(meta, EchoTime=te_k, VolumeIndex=k)))
+            continue
+        if volumes > 1:
+            raise InputError(f"{path}: {what} image of {volumes} volumes has a single EchoTime; list one per volume")
+        entries.append((_echo_time(te, path, what), path, meta))
     entries.sort(key=lambda e: e[0])
     tes = [e[0] for e in entries]
-    if any(t <= 0 for t in tes):
-        raise InputError(f"{entries[0][1]}: EchoTime must be positive seconds ({what}), got {tes}")
-    if len(set(tes)) != len(tes):
-        raise InputError(f"{entries[0][1]}: repeated EchoTime values in {what}: {tes}")
-    if max(tes) > 1.0:
-        raise InputError(f"{entries[-1][1]}: EchoTime {max(tes)} looks like milliseconds; BIDS uses seconds")
-    shapes = {tuple(_image_shape(p)[:3]) for _, p, _ in entries}
-    if len(shapes) > 1:
-        raise InputError(f"{entries[0][1]}: echoes of {what} have different shapes {sorted(shapes)}")
-    (shape,) = shapes
-    if len(shape) < 3 or min(shape[:3]) < 1:
-        raise InputError(f"{entries[0][1]}: {what} must be a 3D image, got shape {shape}")
+    for (te, first, _), (repeated, second, _) in zip(entries, entries[1:]):
+        if repeated == te:
+            raise InputError(f"{second}: repeated EchoTime values in {what}: {te:g} s, as in {first.name}")
+    images = {p: _image(p) for _, p, _ in entries}
+    shapes = [info.shape[:3] for info in images.values()]
+    common = max(shapes, key=shapes.count)
+    for p, info in images.items():
+        if info.shape[:3] != common:
+            raise InputError(f"{p}: echoes of {what} have different shapes ({info.shape[:3]} here, {common} in others)")
+    # the grid most echoes share is the reference; name an echo off it
+    reference = max(images.values(), key=lambda a: sum(a.same_grid(b) for b in images.values()))
+    for p, info in images.items():
+        if not info.same_grid(reference):
+            raise InputError(f"{p}: echo of {what} on another grid than the other echoes (the affines differ)")
     if len(entries) < min_echoes:
         raise InputError(f"{entries[0][1]}: {what} needs at least {min_echoes} echoes, found {len(entries)}")
     return Series(files=[e[1] for e in entries], metadata=[e[2] for e in entries], echo_times_s=tes)
@@ -401,8 +482,8 @@ def _single(files, what: str) -> Path | None:
         names = ", ".join(Path(f.path).name for f in files)
         raise InputError(f"{Path(files[0].path).parent}: several {what} images match ({names}); use --bids-filter-file or run-")
     path = Path(files[0].path)
-    shape = _image_shape(path)
-    if len(shape) < 3:
+    shape = _image(path).shape
+    if len(shape) == 4 and shape[3] > 1:
         raise InputError(f"{path}: {what} must be a 3D image, got shape {shape}")
     return path
 
@@ -413,15 +494,16 @@ def _double_angle_pair(files, layout) -> Series:
         raise InputError(f"{files[0].path}: the double-angle B1 map needs exactly two TB1DAM images, found {len(files)}")
     entries = []
     for f in files:
-        angle = _metadata(Path(f.path), layout).get("FlipAngle")
+        angle = number(_metadata(Path(f.path), layout), "FlipAngle", Path(f.path), "double-angle B1",
+                       low=0.0, high=360.0, unit="degrees")
         if angle is None:
             raise InputError(f"{f.path}: FlipAngle missing from the sidecar (double-angle B1)")
-        entries.append((float(angle), Path(f.path)))
+        entries.append((angle, Path(f.path)))
     entries.sort()
     (a1, p1), (a2, p2) = entries
     if abs(a2 - 2 * a1) > 0.5:
         raise InputError(f"{p2}: double-angle B1 needs flip angles alpha and 2 alpha, got {a1:g} and {a2:g}")
-    shapes = {_image_shape(p1)[:3], _image_shape(p2)[:3]}
+    shapes = {_image(p1).shape[:3], _image(p2).shape[:3]}
     if len(shapes) > 1:
         raise InputError(f"{p1}: the two TB1DAM images differ in shape {sorted(shapes)}")
     return Series(files=[p1, p2], metadata=[{"FlipAngle": a1}, {"FlipAngle": a2}])
@@ -475,7 +557,12 @@ def collect_inputs(
         mese = query(suffix="MESE", **acq_q)
         if mese:
             rin.mese = _echo_series(mese, layout, "MESE", min_echoes=2)
-            rin.refocusing_flip_angle_deg = float(rin.mese.metadata[0].get("RefocusingFlipAngle", 180.0))
+            first = rin.mese.files[0]
+            refocusing = number(rin.mese.metadata[0], "RefocusingFlipAngle", first, "MESE", low=0.0, high=180.0,
+                                unit="degrees")
+            rin.refocusing_flip_angle_deg = 180.0 if refocusing is None else refocusing
+            number(rin.mese.metadata[0], "RepetitionTime", first, "MESE", low=0.0, high=100.0, unit="s",
+                   milliseconds=True)
         megre = query(suffix="MEGRE", **acq_q)
         if megre:
             mag = [f for f in megre if f.entities.get("part") in (None, "mag")]
@@ -486,12 +573,16 @@ def collect_inputs(
                 rin.megre_phase = _echo_series(phase, layout, "MEGRE phase")
                 if rin.megre_mag is None or rin.megre_phase.echo_times_s != rin.megre_mag.echo_times_s:
                     raise InputError(f"{phase[0].path}: MEGRE phase echoes do not match the magnitude echoes")
-            field = _metadata(Path(megre[0].path), layout).get("MagneticFieldStrength")
+                if not _image(rin.megre_phase.files[0]).same_grid(_image(rin.megre_mag.files[0])):
+                    raise InputError(f"{rin.megre_phase.files[0]}: MEGRE phase on another grid than the magnitude")
+            path = Path(megre[0].path)
+            field = number(_metadata(path, layout), "MagneticFieldStrength", path, "needed for fat-water separation",
+                           low=0.0, high=12.0, unit="T")
             if field is None:
-                raise InputError(f"{megre[0].path}: MagneticFieldStrength missing from the sidecar (needed for fat-water separation)")
-            if not 0.1 <= float(field) <= 12.0:
-                raise InputError(f"{megre[0].path}: MagneticFieldStrength {field} T is not plausible")
-            rin.field_strength_t = float(field)
+                raise InputError(f"{path}: MagneticFieldStrength missing from the sidecar (needed for fat-water separation)")
+            if field < 0.1:
+                raise InputError(f"{path}: MagneticFieldStrength {field:g} T is not plausible")
+            rin.field_strength_t = field
         rin.mt_on = _single(query(suffix="MTR", mt="on", **acq_q), "MT-on")
         rin.mt_off = _single(query(suffix="MTR", mt="off", **acq_q), "MT-off")
         if (rin.mt_on is None) != (rin.mt_off is None):
@@ -506,6 +597,8 @@ def collect_inputs(
         rin.tb1map = _single(query(suffix="TB1map", **acq_q), "TB1map")
         if rin.tb1map is not None:
             rin.tb1map_units = _metadata(rin.tb1map, layout).get("Units")
+            if rin.tb1map_units is not None and not isinstance(rin.tb1map_units, str):
+                raise InputError(f"{rin.tb1map}: Units must be a string, got {json.dumps(rin.tb1map_units)[:60]}")
         dam = query(suffix="TB1DAM", **acq_q)
         if dam:
             rin.b1_dam = _double_angle_pair(dam, layout)
@@ -525,9 +618,15 @@ def collect_inputs(
     return out
 
 
-def participants_and_sessions(layout, labels: list[str] | None, session: str | None) -> list[tuple[str, str | None]]:
-    """(participant, session) pairs to process; unknown labels raise InputError."""
-    available = layout.get_subjects()
+def participants_and_sessions(layout, labels: list[str] | None, session: str | None,
+                              excluded=()) -> list[tuple[str, str | None]]:
+    """(participant, session) pairs to process; unknown labels raise InputError.
+
+    ``excluded`` (participant, session or None) pairs left out of ``layout``
+    (see :func:`load_layout`) still count as present, so they can be named
+    and reported as skipped.
+    """
+    available = sorted(set(layout.get_subjects()) | {sub for sub, _ in excluded})
     if labels:
         wanted = [lab.removeprefix("sub-") for lab in labels]
         unknown = [lab for lab in wanted if lab not in available]
@@ -539,7 +638,10 @@ def participants_and_sessions(layout, labels: list[str] | None, session: str | N
         raise InputError(f"{layout.root}: no participants (sub-*) found")
     pairs = []
     for sub in wanted:
-        sessions = layout.get_sessions(subject=sub)
+        if (sub, None) in excluded:
+            pairs.append((sub, session.removeprefix("ses-") if session else None))
+            continue
+        sessions = sorted(set(layout.get_sessions(subject=sub)) | {ses for s, ses in excluded if s == sub and ses})
         if session:
             ses = session.removeprefix("ses-")
             if ses not in sessions:

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 processing failed, 2 bad arguments or bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from bids_muscle import __version__
 from bids_muscle.config import Config, apply_environment_defaults
-from bids_muscle.preflight import InputError, check_dataset, check_folders
+from bids_muscle.preflight import LOCK_NAME, InputError, check_dataset, check_folders, check_sidecars, folder_lock, lock_name
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder with extra or replacement models (<name>.pt + <name>.json cards)")
     seg.add_argument("--write-probseg", action="store_true",
                      help="also write per-label probabilities (desc-<net>_probseg, 4D; large files)")
+    seg.add_argument("--seg-scales", nargs="+", type=float, default=[0.9, 1.0, 1.1], metavar="F",
+                     help="model voxel sizes (factors of the model's) each network segments at; the probabilities of "
+                          "all scales and, with a Dixon pair, of the water, fat and water+fat images are averaged and "
+                          "give each muscle's confidence (default: 0.9 1.0 1.1; 1 for a single pass)")
     seg.add_argument("--imat-method", choices=["dcae", "dcae-kmeans", "kmeans", "threshold"], default="dcae",
                      help="IMAT classification inside the muscle region: patch autoencoder with triplet loss + k-means "
                           "(dcae, default), autoencoder without triplet loss + k-means, k-means on the maps, or fat "
@@ -131,6 +136,8 @@ def parse_config(argv: list[str] | None = None) -> Config:
     output_dir = opts.output_dir.expanduser().resolve()
     if opts.erode_mm < 0:
         parser.error("--erode-mm must not be negative")
+    if not all(0.5 <= f <= 2.0 for f in opts.seg_scales):
+        parser.error("--seg-scales: factors must lie between 0.5 and 2")
     if opts.reference_seg and not opts.reference_seg.is_dir():
         parser.error(f"--reference-seg {opts.reference_seg}: folder not found")
     if opts.model_dir and not opts.model_dir.is_dir():
@@ -165,6 +172,7 @@ def parse_config(argv: list[str] | None = None) -> Config:
         erode_mm=opts.erode_mm,
         imat_method=opts.imat_method,
         write_probseg=opts.write_probseg,
+        seg_scales=tuple(opts.seg_scales),
         command=command,
     )
 
@@ -173,13 +181,25 @@ def _log(message: str) -> None:
     print(f"[bids_muscle {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _check_writable(path: Path) -> None:
+#: Locks of the output and work folders, held until :func:`main` returns.
+_FOLDER_LOCKS = contextlib.ExitStack()
+
+
+def _check_writable(path: Path, parts: tuple[str, ...] = ()) -> None:
+    """Create ``path`` and lock it for this run (a second run on it is refused).
+
+    With ``parts`` (``sub-<label>``, ``group``) only those parts of the folder
+    are locked, so that the tasks of a job array, one participant each, share
+    one output folder; two runs on the same participant are still refused."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise BadInput(f"{path}: cannot create folder ({err.strerror})") from None
     if not os.access(path, os.W_OK):
         raise BadInput(f"{path}: folder is not writable")
+    names = [lock_name(part) for part in parts] or [LOCK_NAME]
+    if not all([_FOLDER_LOCKS.enter_context(folder_lock(path, name)) for name in names]):
+        _log(f"warning: {path}: the file system cannot lock files; make sure no other run uses this folder")
 
 
 def _configure_nipype(config: Config) -> None:
@@ -196,6 +216,15 @@ def _configure_nipype(config: Config) -> None:
     nlogging.update_logging(ncfg)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
         os.environ[var] = str(config.omp_nthreads)
+    # nipype's SLURM plugin names its jobs after $LOGNAME, which batch jobs,
+    # containers and CI runners often lack (the run then fails with KeyError)
+    if not os.environ.get("LOGNAME"):
+        import getpass
+
+        try:
+            os.environ["LOGNAME"] = getpass.getuser()
+        except (KeyError, OSError):  # a uid without a passwd entry
+            os.environ["LOGNAME"] = str(os.getuid())
 
 
 def _run_workflow(workflow, config: Config) -> list[Path]:
@@ -228,7 +257,7 @@ def _summarise_crashes(crashes: list[Path]) -> None:
         if crash.is_file():
             text = crash.read_text(errors="replace")
             node = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Node:")), "?")
-            err = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
+            err = next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
             _log(f"FAILED node {node}: {err}  (details: {crash})")
 
 
@@ -302,24 +331,78 @@ def write_label_tables(config: Config, networks: dict[str, list[str]]) -> None:
         bids.write_dseg_table(config.output_dir, net, text)
 
 
+def check_models(config: Config, networks: dict[str, list[str]], classify) -> None:
+    """Check every model the run will load (card, weights, sha256) before any
+    processing, and every card of ``--model-dir``; a missing, truncated or
+    altered file is bad input, named."""
+    from bids_muscle.imat.classify import INPUT_PAIRS
+    from bids_muscle.imat.dcae import load_encoder
+    from bids_muscle.interfaces.segmentation import model_name
+    from bids_muscle.seg.zoo import find_card, verify_model
+
+    names = {model_name(region, net) for region, nets in networks.items() for net in nets}
+    for region in (r for r, nets in networks.items() if nets):
+        with contextlib.suppress(ValueError):  # optional: without it the muscle labels make the region
+            find_card(model_name(region, "muscleregion"), config.model_dir)
+            names.add(model_name(region, "muscleregion"))
+    if classify is not None:
+        names.add("region_classifier")
+    cards = sorted(Path(config.model_dir).glob("*.json")) if config.model_dir else []
+    encoders = {triplet if config.imat_method == "dcae" else plain for _, triplet, plain in INPUT_PAIRS} \
+        if config.imat_method in ("dcae", "dcae-kmeans") else set()
+    try:
+        for name in [*sorted(names), *cards]:
+            verify_model(name, config.model_dir)
+        for name in sorted(encoders):
+            load_encoder(name)
+    except ValueError as err:
+        raise BadInput(f"model check failed: {err}") from None
+
+
+def participant_inputs(layout, broken: dict, sub: str, ses: str | None, config: Config, classify=None) -> list:
+    """Checked inputs of one participant (and session), by region.
+
+    Raises :class:`InputError` with a one-line message naming the file and
+    the problem: a sidecar of ``broken`` (see
+    :func:`bids_muscle.preflight.check_sidecars`), a bad value or image found
+    by :func:`bids_muscle.bids.collect_inputs`, or any other failure while
+    reading the inputs (then the message names the participant and the error).
+    """
+    from bids_muscle import bids
+
+    if (sub, ses) in broken or (sub, None) in broken:
+        raise InputError(broken.get((sub, ses)) or broken[(sub, None)])
+    try:
+        return bids.collect_inputs(layout, sub, ses, config.regions, config.bids_filters, classify)
+    except InputError:
+        raise
+    except Exception as err:  # an input no check foresaw must not end the run of the others
+        raise InputError(f"sub-{sub}: cannot collect its inputs ({type(err).__name__}: {' '.join(str(err).split())})") from None
+
+
 def run_participant(config: Config) -> int:
     from bids_muscle import bids
     from bids_muscle.workflows.base import init_participant_wf, megre_refusal
 
-    layout = bids.load_layout(config.bids_dir, validate=not config.skip_bids_validation)
-    pairs = bids.participants_and_sessions(layout, list(config.participant_label), config.session_label)
-    _check_writable(config.output_dir)
+    broken = check_sidecars(config.bids_dir)  # pybids would fail on the whole dataset: leave these out
+    layout = bids.load_layout(config.bids_dir, validate=not config.skip_bids_validation, exclude=broken)
+    pairs = bids.participants_and_sessions(layout, list(config.participant_label), config.session_label, broken)
+    subjects = tuple(dict.fromkeys(f"sub-{sub}" for sub, _ in pairs))
+    _check_writable(config.output_dir, subjects)
     _check_writable(config.work_dir)
+    for subject in subjects:
+        bids.remove_temporaries(config.output_dir / subject)
     networks = available_networks(config)
     classify = region_classifier(config) if len(config.regions) > 1 else None
+    check_models(config, networks, classify)
     bids.init_derivatives(config.output_dir, config.bids_dir)
     write_label_tables(config, networks)
     input_errors, crashes, done = [], [], 0
     for sub, ses in pairs:
         tag = f"sub-{sub}" + (f" ses-{ses}" if ses else "")
         try:
-            regions = bids.collect_inputs(layout, sub, ses, config.regions, config.bids_filters, classify)
-        except bids.InputError as err:
+            regions = participant_inputs(layout, broken, sub, ses, config, classify)
+        except InputError as err:
             _log(f"{tag}: skipped: {err}")
             input_errors.append(str(err))
             continue
@@ -353,7 +436,9 @@ def run_group(config: Config) -> int:
 
     if not (config.output_dir / "dataset_description.json").is_file():
         raise BadInput(f"{config.output_dir}: no participant outputs found; run the participant level first")
+    _check_writable(config.output_dir, ("group",))
     _check_writable(config.work_dir)
+    bids.remove_temporaries(config.output_dir / "group")
     workflow = init_group_wf(config)
     crashes = _run_workflow(workflow, config)
     _summarise_crashes(crashes)
@@ -395,6 +480,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bids_muscle: interrupted; rerun with the same -w to resume ({config.work_dir})", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as err:  # e.g. a full disk while writing the dataset-level files
+        print(f"bids_muscle: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        _FOLDER_LOCKS.close()
 
 
 if __name__ == "__main__":

@@ -204,6 +204,28 @@ def find_card(card_path_or_name: str | Path, model_dir: str | Path | None = None
     raise ValueError(f"no model named {name!r} in {searched}")
 
 
+def verify_model(card_path_or_name: str | Path, model_dir: str | Path | None = None) -> tuple[ModelCard, Path, Path]:
+    """The card of a model, the card's path and the weights' path, once the
+    card is found and valid, the weights exist and their sha256 is the card's
+    (a truncated or altered file is refused). Cheap: nothing is built or
+    loaded, so a run checks every model it will use before it starts.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing or wrong file.
+    """
+    card_path = find_card(card_path_or_name, model_dir)
+    card = read_card(card_path)
+    weights = _weights_path(card, card_path)
+    if not weights.is_file():
+        raise ValueError(f"weights file of model {card.name!r} not found: {weights}")
+    digest = sha256_file(weights)
+    if digest != card.sha256:
+        raise ValueError(f"sha256 of {weights} is {digest}, the card {card_path} expects {card.sha256 or 'none'}")
+    return card, card_path, weights
+
+
 def load_model(card_path_or_name: str | Path, model_dir: str | Path | None = None) -> tuple[nn.Module, ModelCard]:
     """Load a model (network in eval mode on the CPU) and its card.
 
@@ -222,14 +244,7 @@ def load_model(card_path_or_name: str | Path, model_dir: str | Path | None = Non
         or weights that do not fit the architecture; the message names the
         file.
     """
-    card_path = find_card(card_path_or_name, model_dir)
-    card = read_card(card_path)
-    weights = _weights_path(card, card_path)
-    if not weights.is_file():
-        raise ValueError(f"weights file of model {card.name!r} not found: {weights}")
-    digest = sha256_file(weights)
-    if digest != card.sha256:
-        raise ValueError(f"sha256 of {weights} is {digest}, the card {card_path} expects {card.sha256 or 'none'}")
+    card, card_path, weights = verify_model(card_path_or_name, model_dir)
     try:
         network = build_network(card.architecture, **card.arguments)
     except ValueError as error:
