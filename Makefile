@@ -13,7 +13,7 @@ export NIPYPE_NO_ET := 1
 export MPLBACKEND := Agg
 export TEMPLATEFLOW_HOME := $(CURDIR)/bids_muscle/data/templateflow
 
-.PHONY: install demo test clean-demo
+.PHONY: install demo test clean-demo image
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ test: install
 
 clean-demo:
 	rm -rf $(DEMO)
+
+# The container image bids_muscle:<version> (and :latest). BASE, TORCH_WHEELS,
+# TORCH_INDEX and CA_BUNDLE choose the base image, where torch comes from and
+# the CA bundle pip trusts during the build: see docker/build-image.sh.
+image:
+	docker/build-image.sh

@@ -1,7 +1,8 @@
 #!/bin/bash
-# bids_muscle on a SLURM cluster: one participant per array task, inside a
-# Singularity/Apptainer image. Task N processes the participant on row N of
-# participants.tsv (the header row not counted).
+# bids_muscle on a SLURM cluster: one participant per array task. Task N
+# processes the participant on row N of participants.tsv (the header row not
+# counted), inside a Singularity/Apptainer image when SIF names one, else with
+# the native installation (bids_muscle on PATH, or BIDS_MUSCLE=/path/to/bids_muscle).
 #
 #   n=$(( $(wc -l < /data/bids/participants.tsv) - 1 ))
 #   sbatch --array=1-"$n" docs/slurm_array.sh              # add bids_muscle options after the script name
@@ -13,6 +14,7 @@
 #
 # Paths are taken from the environment (sbatch passes it on), e.g.
 #   BIDS_DIR=/data/bids OUT_DIR=/data/out SIF=$HOME/bids_muscle-0.1.0.sif sbatch --array=1-40 docs/slurm_array.sh
+#   BIDS_DIR=/data/bids OUT_DIR=/data/out BIDS_MUSCLE=/shared/venv/bin/bids_muscle sbatch --array=1-40 docs/slurm_array.sh
 #SBATCH --job-name=bids_muscle
 #SBATCH --cpus-per-task=2
 #SBATCH --mem=8G
@@ -23,7 +25,8 @@ set -euo pipefail
 BIDS_DIR=${BIDS_DIR:-/data/bids}
 OUT_DIR=${OUT_DIR:-/data/out}
 WORK_ROOT=${WORK_ROOT:-/scratch/${USER:-$(id -un)}/bids_muscle_work}
-SIF=${SIF:-$HOME/bids_muscle-0.1.0.sif}
+SIF=${SIF:-}
+BIDS_MUSCLE=${BIDS_MUSCLE:-bids_muscle}
 SINGULARITY=${SINGULARITY:-$(command -v apptainer || command -v singularity || echo singularity)}
 : "${SLURM_ARRAY_TASK_ID:?submit with sbatch --array=1-N (N = number of participants)}"
 
@@ -53,11 +56,15 @@ mkdir -p "$OUT_DIR" "$work_dir"
 mem_gb=$(( ${SLURM_MEM_PER_NODE:-8192} / 1024 - 1 ))
 (( mem_gb >= 1 )) || mem_gb=1
 
-echo "task $SLURM_ARRAY_TASK_ID: sub-$label on $(hostname)"
-exec "$SINGULARITY" run --cleanenv \
-    -B "$BIDS_DIR:$BIDS_DIR:ro" -B "$OUT_DIR" -B "$WORK_ROOT" \
-    "$SIF" "$BIDS_DIR" "$OUT_DIR" participant \
-    --participant-label "$label" \
-    --nprocs "${SLURM_CPUS_PER_TASK:-2}" --omp-nthreads 1 --mem-gb "$mem_gb" \
-    -w "$work_dir" \
-    "$@"
+args=("$BIDS_DIR" "$OUT_DIR" participant --participant-label "$label"
+      --nprocs "${SLURM_CPUS_PER_TASK:-2}" --omp-nthreads 1 --mem-gb "$mem_gb" -w "$work_dir" "$@")
+if [[ -n $SIF ]]; then
+    echo "task $SLURM_ARRAY_TASK_ID: sub-$label on $(hostname) in $SIF"
+    exec "$SINGULARITY" run --cleanenv -B "$BIDS_DIR:$BIDS_DIR:ro" -B "$OUT_DIR" -B "$WORK_ROOT" "$SIF" "${args[@]}"
+fi
+if ! command -v "$BIDS_MUSCLE" >/dev/null; then
+    echo "$BIDS_MUSCLE: not found; set SIF=<image.sif> to use a container, or BIDS_MUSCLE=<path to bids_muscle>" >&2
+    exit 2
+fi
+echo "task $SLURM_ARRAY_TASK_ID: sub-$label on $(hostname) with $(command -v "$BIDS_MUSCLE")"
+exec "$BIDS_MUSCLE" "${args[@]}"

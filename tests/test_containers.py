@@ -1,8 +1,9 @@
 """Container recipes, Boutiques descriptor and cluster script agree with the command line.
 
-Docker and Singularity are not needed: the Dockerfile is linted with
+Docker and Singularity are not needed here: the Dockerfile is linted with
 hadolint, the recipes are parsed, and the SLURM array script runs with a
-stand-in for ``singularity`` that prints the command it was given.
+stand-in for ``singularity`` that prints the command it was given. The image
+itself and a real Slurm are tested in tests/containers/.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from bids_muscle import __version__
 from bids_muscle.cli.run import build_parser
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "Dockerfile"
 SINGULARITY_DEF = REPO / "singularity.def"
 DESCRIPTOR = REPO / "boutiques" / "bids_muscle.json"
+CONSTRAINTS = REPO / "docker" / "constraints.txt"
 SLURM_SCRIPT = REPO / "docs" / "slurm_array.sh"
 CONTAINER_DOCS = REPO / "docs" / "containers.md"
 OFFLINE_ENV = ("NIPYPE_NO_ET", "MPLBACKEND", "TEMPLATEFLOW_HOME")
@@ -114,17 +117,38 @@ def test_dockerfile_passes_hadolint():
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 
 
+def _constraints() -> dict[str, str]:
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            req = Requirement(line)
+            assert len(req.specifier) == 1 and next(iter(req.specifier)).operator == "==", line
+            pins[canonicalize_name(req.name)] = next(iter(req.specifier)).version
+    return pins
+
+
 def test_dockerfile_base_torch_and_version_match_the_project():
-    assert re.fullmatch(r"python:3\.\d+-slim", _dockerfile_single("FROM")), "pin the Python base image by version tag"
-    assert _dockerfile_single("ARG") == f"VERSION={_pyproject()['project']['version']}" == f"VERSION={__version__}"
-    runs = [args for instruction, args in _dockerfile_instructions() if instruction.upper() == "RUN"]
-    torch_pins = [m for run in runs for m in re.findall(r"\btorch==(\S+)", run)]
-    assert len(torch_pins) == 1
+    instructions = _dockerfile_instructions()
+    # one base image, chosen by the BASE argument (default a pinned Python slim image)
+    assert instructions[0] == ("ARG", instructions[0][1]) and re.fullmatch(r"BASE=python:3\.\d+-slim", instructions[0][1])
+    froms = [args for instruction, args in instructions if instruction.upper() == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"]
+    assert f"VERSION={_pyproject()['project']['version']}" in [a for i, a in instructions if i.upper() == "ARG"]
+    assert __version__ == _pyproject()["project"]["version"]
+    runs = [args for instruction, args in instructions if instruction.upper() == "RUN"]
+    torch_pins = {m for run in runs for m in re.findall(r"\btorch==(\S+?);?(?:\s|$)", run)}
     torch_requirement = next(Requirement(r) for r in _pyproject()["project"]["dependencies"] if r.startswith("torch"))
-    assert torch_requirement.specifier.contains(torch_pins[0]), f"torch=={torch_pins[0]} violates {torch_requirement}"
-    assert all("--no-cache-dir" in run for run in runs if "pip install" in run)
+    assert torch_pins == {_constraints()["torch"]}, torch_pins
+    assert torch_requirement.specifier.contains(_constraints()["torch"])
+    pip_runs = [run for run in runs if "pip install" in run]
+    assert pip_runs and all(run.count("pip install") == run.count("--no-cache-dir") for run in pip_runs)
+    # the package is installed with the tested versions, and pip reaches the index only with the secret CA bundle
+    assert any("-c /tmp/constraints.txt /tmp/src" in run for run in pip_runs)
+    assert all("--mount=type=secret,id=ca_bundle" in run and "PIP_CERT=/run/secrets/ca_bundle" in run for run in pip_runs)
+    assert not [a for i, a in instructions if i.upper() in ("COPY", "ADD") and re.search(r"\.(crt|pem)\b", a)]
+    assert not any("PIP_CERT" in a or "REQUESTS_CA_BUNDLE" in a for i, a in instructions if i.upper() in ("ENV", "ARG"))
     labels = _dockerfile_single("LABEL")
-    for key in ("title", "version", "licenses", "source", "description"):
+    for key in ("title", "version", "licenses", "source", "description", "base.name"):
         assert f"org.opencontainers.image.{key}=" in labels
     assert 'org.opencontainers.image.version="${VERSION}"' in labels
     assert f'org.opencontainers.image.licenses="{_pyproject()["project"]["license"]}"' in labels
@@ -132,16 +156,19 @@ def test_dockerfile_base_torch_and_version_match_the_project():
     assert user.split(":")[0] not in ("0", "root")
 
 
-def test_dockerfile_sets_the_offline_environment_of_the_package():
-    env = _dockerfile_env()
-    assert env["NIPYPE_NO_ET"] == "1" and env["MPLBACKEND"] == "Agg" and env["HOME"]
-    # the image installs into the base image's site-packages; the path must be the
-    # package's own templateflow folder (the build checks it too)
-    python = re.fullmatch(r"python:(3\.\d+)-slim", _dockerfile_single("FROM")).group(1)
-    shipped = resources.files("bids_muscle.data").joinpath("templateflow")
-    relative = Path(str(shipped)).relative_to(Path(str(resources.files("bids_muscle"))).parent)
-    assert env["TEMPLATEFLOW_HOME"] == f"/usr/local/lib/python{python}/site-packages/{relative.as_posix()}"
-    assert Path(str(shipped)).is_dir()
+def test_image_constraints_lie_inside_the_project_requirements():
+    pins = _constraints()
+    for text in _pyproject()["project"]["dependencies"]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"docker/constraints.txt: no pin for {req.name}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"docker/constraints.txt: {name}=={pins[name]} violates {req}"
+    # the pins of the environment these tests run in, where it has them (the image computes what it computes)
+    from importlib import metadata
+
+    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    differing = {n: (v, installed[n]) for n, v in pins.items() if n in installed and installed[n].split("+")[0] != v}
+    assert not differing, f"docker/constraints.txt differs from this environment (pin, installed): {differing}"
 
 
 def test_dockerignore_keeps_environments_and_work_out_but_not_the_package():
@@ -153,9 +180,12 @@ def test_dockerignore_keeps_environments_and_work_out_but_not_the_package():
     for path in (".venv", ".git", "work", "demo", "bids_muscle/__pycache__", "bids_muscle.egg-info"):
         assert ignored(path), path
     copied = [src for instruction, args in _dockerfile_instructions() if instruction.upper() == "COPY"
-              for src in args.split()[:-1]]
+              for src in args.split()[:-1] if not src.startswith("--from=")]
+    mounted = [m for instruction, args in _dockerfile_instructions() if instruction.upper() == "RUN"
+               for m in re.findall(r"--mount=type=bind,source=(\S+?),", args)]
+    assert mounted == ["docker/wheels"] and (REPO / "docker" / "wheels").is_dir()
     data_files = [p.relative_to(REPO).as_posix() for p in (REPO / "bids_muscle" / "data").rglob("*") if p.is_file()]
-    for path in copied + data_files:
+    for path in copied + mounted + data_files:
         assert not ignored(path), f".dockerignore drops {path}, which the image needs"
 
 
@@ -174,6 +204,7 @@ def test_singularity_def_matches_the_dockerfile():
     exported = dict(shlex.split(ln)[1].split("=", 1) for ln in sections["environment"] if ln.startswith("export "))
     docker_env = _dockerfile_env()
     assert {k: exported[k] for k in OFFLINE_ENV} == {k: docker_env[k] for k in OFFLINE_ENV}
+    assert exported["PATH"] == docker_env["PATH"].replace("${PATH}", "$PATH")
     # Singularity sets HOME to the caller's home; the Dockerfile's HOME must not be copied over it
     assert "HOME" not in exported
 
@@ -268,8 +299,9 @@ def _fake_runtime(folder: Path) -> Path:
     return exe
 
 
-def _run_array_task(tmp_path: Path, task_id: int, *extra: str) -> subprocess.CompletedProcess:
+def _run_array_task(tmp_path: Path, task_id: int, *extra: str, container: bool = True) -> subprocess.CompletedProcess:
     bids_dir = tmp_path / "bids"
+    runtime = {"SIF": str(tmp_path / "bids_muscle.sif"), "SINGULARITY": str(_fake_runtime(tmp_path))} if container else {}
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
@@ -277,8 +309,7 @@ def _run_array_task(tmp_path: Path, task_id: int, *extra: str) -> subprocess.Com
         "BIDS_DIR": str(bids_dir),
         "OUT_DIR": str(tmp_path / "out"),
         "WORK_ROOT": str(tmp_path / "work"),
-        "SIF": str(tmp_path / "bids_muscle.sif"),
-        "SINGULARITY": str(_fake_runtime(tmp_path)),
+        **runtime,
         "SLURM_ARRAY_TASK_ID": str(task_id),
         "SLURM_CPUS_PER_TASK": "4",
         "SLURM_MEM_PER_NODE": "16384",
@@ -304,6 +335,25 @@ def test_slurm_array_task_runs_its_participant(tmp_path):
     assert opts.work_dir == tmp_path / "work" / "sub-07" and opts.work_dir.is_dir()
     assert (opts.nprocs, opts.omp_nthreads, opts.mem_gb) == (4, 1, 15.0)
     assert opts.networks == ["unet2d", "hrnet"]
+
+
+def test_slurm_array_task_runs_the_native_installation_without_an_image(tmp_path):
+    (tmp_path / "bids").mkdir()
+    (tmp_path / "bids" / "participants.tsv").write_text("participant_id\nsub-01\nsub-02\n")
+    proc = _run_array_task(tmp_path, 1, container=False)
+    assert proc.returncode == 2 and "bids_muscle: not found" in proc.stderr and "SIF=" in proc.stderr
+    # BIDS_MUSCLE names the executable of a native installation (here a stand-in that prints its arguments)
+    exe = _fake_runtime(tmp_path).rename(tmp_path / "bids_muscle")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HOME": str(tmp_path), "USER": "tester", "BIDS_DIR": str(tmp_path / "bids"),
+           "OUT_DIR": str(tmp_path / "out"), "WORK_ROOT": str(tmp_path / "work"), "SLURM_ARRAY_TASK_ID": "1"}
+    for extra in ({}, {"BIDS_MUSCLE": str(exe)}):
+        proc = subprocess.run(["bash", str(SLURM_SCRIPT), "--sloppy"], check=False, env={**env, **extra},
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0].endswith(f"with {exe}")
+        opts = build_parser().parse_args(proc.stdout.splitlines()[1:])
+        assert opts.participant_label == ["01"] and opts.work_dir == tmp_path / "work" / "sub-01" and opts.sloppy
+        assert (opts.nprocs, opts.mem_gb) == (2, 7.0)
 
 
 def test_slurm_array_task_beyond_the_table_fails_clearly(tmp_path):
@@ -342,3 +392,13 @@ def test_documented_commands_use_only_real_options():
     used = {tok.split("=")[0] for args in invocations for tok in args if tok.startswith("-")}
     assert {"--participant-label", "--plugin", "--plugin-settings", "-w", "--networks"} <= used
     assert used <= set(build_parser()._option_string_actions), used - set(build_parser()._option_string_actions)
+
+
+def test_image_scripts_parse_and_are_executable():
+    for script in (REPO / "docker" / "build-image.sh", REPO / "docker" / "debian-base.sh", SLURM_SCRIPT):
+        proc = subprocess.run(["bash", "-n", str(script)], check=False, capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+    for script in ("build-image.sh", "debian-base.sh"):
+        assert os.access(REPO / "docker" / script, os.X_OK), script
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^image:\n\tdocker/build-image\.sh$", makefile, flags=re.MULTILINE)
