@@ -114,7 +114,7 @@ def assert_same_outputs(ours: Path, reference: Path, participants: tuple[str, ..
     def kept(name: str) -> bool:
         if participants is None:
             return True
-        label = re.match(r"sub-([^/_.]+)", name)
+        label = re.match(r"(?:logs/)?sub-([^/_.]+)", name)  # sub-<label>/..., sub-<label>.html, logs/sub-<label>_...
         return label.group(1) in participants if label else not name.startswith("group/")
 
     def files(root: Path) -> set[str]:
