@@ -28,9 +28,8 @@ from bids_muscle.seg.ensemble import DEFAULT_SCALES, ensemble_contrasts, flag_mu
 from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.legs import side_labels, voxel_sizes
 from bids_muscle.stats.agreement import compare_segmentations
+from train_synth_models import DATA, HUASHAN_CODES
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-HUASHAN_CODES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 9, 8: 10, 9: 12, 10: 13, 11: 11}
 DAFNE_MUSCLES = {"Gastrocnemius Medialis": 41, "Gastrocnemius Lateralis": 42, "Soleus": 43, "Tibialis Anterior": 44,
                  "Peroneus": 46, "Extensor Longus Digitorum": 47}
 FF_BANDS = (0.0, 0.2, 0.5, 1.01)

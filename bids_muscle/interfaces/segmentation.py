@@ -71,7 +71,8 @@ class SegmentMuscles(SimpleInterface):
                 probsegs.append(save_image(result["probseg"], img.affine, f"{network}_probseg.nii.gz", runtime.cwd))
                 probseg_labels.append([int(v) for v in result["probseg_labels"]])
             confidence = result["confidence"]
-            volumes = {label: np.count_nonzero(dseg == label) * voxel_ml for label in confidence}
+            counts = np.bincount(dseg[dseg > 0].ravel())
+            volumes = {label: float(counts[label]) * voxel_ml if label < counts.size else 0.0 for label in confidence}
             flags = flag_muscles(confidence, volumes, self.inputs.region)
             quality.append({"Confidence": confidence, "Flags": flags, "Members": result["members"]})
             cards.append({"Name": card.name, "Architecture": card.architecture, "SHA256": card.sha256,

@@ -225,7 +225,7 @@ def init_region_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Wo
         written.append((mtr_wf, "outputnode.written"))
 
     if networks and n4_ref is not None:
-        seg_wf = init_segmentation_wf(config, rin, networks)
+        seg_wf = init_segmentation_wf(config, rin, networks, dixon_pair=dixon_pair)
         workflow.connect(n4_ref, "reference", seg_wf, "inputnode.reference")
         if dixon_pair:
             workflow.connect(n4_ref, "out_file", seg_wf, "inputnode.dixon_stack")
@@ -476,8 +476,11 @@ def init_mtr_wf(config: Config, rin: RegionInputs) -> Workflow:
     )
 
 
-def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str]) -> Workflow:
+def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str], *, dixon_pair: bool = False) -> Workflow:
     """Muscle labels per network, muscle region, IMAT and the per-muscle biomarker tables.
+
+    With ``dixon_pair`` (:func:`_dixon_pair`), ``inputnode.dixon_stack`` holds the
+    bias-corrected water and fat images, and both are segmented.
 
     Inputs
     ------
@@ -497,7 +500,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     workflow.__desc__ = (
         f"Individual muscles were segmented on the anatomical reference with {', '.join(networks)} "
         "after splitting and mirroring the legs (Rohm et al. 2021; Agosti et al. 2021), averaging the probabilities "
-        f"of {_ensemble_text(rin, config)}; each muscle's confidence was the Dice expected from these probabilities. "
+        f"of {_ensemble_text(dixon_pair, config.seg_scales)}; each muscle's confidence was the Dice expected from these probabilities. "
         "The muscle region "
         "(muscles and the fat between them, without bone or subcutaneous fat) was the union of the muscle "
         f"labels closed in-plane, and intramuscular adipose tissue (IMAT) was {IMAT_DESCRIPTIONS[config.imat_method]} "
@@ -512,7 +515,6 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str])
     written = []
     merge_dseg = pe.Node(niu.Merge(len(networks)), name="merge_dseg", run_without_submitting=True)
     merge_quality = pe.Node(niu.Merge(len(networks)), name="merge_quality", run_without_submitting=True)
-    dixon_pair = _dixon_pair(rin)
     for k, network in enumerate(networks):
         seg = pe.Node(
             SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir, scales=list(config.seg_scales),
@@ -623,13 +625,11 @@ def _dixon_pair(rin: RegionInputs) -> bool:
     return water.shape[:3] == fat.shape[:3] and np.allclose(water.affine, fat.affine, atol=1e-3)
 
 
-def _ensemble_text(rin: RegionInputs, config: Config) -> str:
+def _ensemble_text(dixon_pair: bool, scales) -> str:
     """The passes of the segmentation ensemble, in words (seg.ensemble.ensemble_members)."""
-    dixon_pair = _dixon_pair(rin)
-    contrasts = ["water", "fat", "water+fat"] if dixon_pair else ["reference"]
-    members = ensemble_members(contrasts, config.seg_scales)
     if dixon_pair:
         return "the water, fat and water+fat images"
+    members = ensemble_members(["reference"], scales)
     return f"{len(members)} model voxel sizes ({', '.join(f'{s:g}' for _, s in members)} x the model's)"
 
 
