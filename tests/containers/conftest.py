@@ -1,9 +1,11 @@
 """Services and references for the container and cluster tests.
 
 - ``docker_image``: the image of ``make image`` in a running Docker daemon
-  (started here when ``dockerd`` is installed, we are root and none answers).
-  Building it takes minutes, so a missing image skips the tests unless
-  ``BIDS_MUSCLE_BUILD_IMAGE=1`` asks to build it.
+  (started here when ``dockerd`` is installed, we are root and none answers),
+  built here (``docker/build-image.sh``) when it is missing or was built from
+  other sources than this checkout: minutes the first time, seconds to a
+  minute from the layer cache after a change of the package.
+  ``BIDS_MUSCLE_BUILD_IMAGE=0`` skips the tests instead of building.
 - ``slurm``: a one-node Slurm (munged, slurmctld, slurmd on localhost, 2 CPUs,
   proctrack/linuxproc, no cgroups, all state in a temporary folder), started
   for the session and stopped at its end.
@@ -185,16 +187,11 @@ def _package_sources() -> dict[str, str]:
             for prefix, root in folders.items() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
-@pytest.fixture(scope="session")
-def docker_image(docker) -> str:
-    """``bids_muscle:<version>`` built from this checkout's package."""
-    have = subprocess.run([docker, "image", "inspect", IMAGE], capture_output=True, timeout=60).returncode == 0
-    if not have:
-        if os.environ.get("BIDS_MUSCLE_BUILD_IMAGE") != "1":
-            pytest.skip(f"image {IMAGE} not built; run make image (or set BIDS_MUSCLE_BUILD_IMAGE=1)")
-        proc = subprocess.run(["docker/build-image.sh"], cwd=REPO, capture_output=True, text=True, timeout=3600)
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # the package in the image must be this checkout's, or the comparisons test another version
+def _stale_sources(docker: str) -> list[str]:
+    """Package files that differ between the image and this checkout (all of them without an image)."""
+    here = _package_sources()
+    if subprocess.run([docker, "image", "inspect", IMAGE], capture_output=True, timeout=60).returncode != 0:
+        return sorted(here)
     listing = subprocess.run(
         [docker, "run", "--rm", "--network", "none", "--entrypoint", "python3", IMAGE, "-c",
          "import hashlib, json, pathlib, bids_muscle; root = pathlib.Path(bids_muscle.__file__).parent; "
@@ -203,12 +200,22 @@ def docker_image(docker) -> str:
         capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     in_image = json.loads(listing.stdout)
-    here = _package_sources()
-    stale = sorted(n for n in set(here) | set(in_image) if here.get(n) != in_image.get(n)
-                   and (n.endswith(".py") or (n in here and n in in_image)))
+    return sorted(n for n in set(here) | set(in_image) if here.get(n) != in_image.get(n)
+                  and (n.endswith(".py") or (n in here and n in in_image)))
+
+
+@pytest.fixture(scope="session")
+def docker_image(docker) -> str:
+    """``bids_muscle:<version>`` built from this checkout's package (built here when it is not)."""
+    stale = _stale_sources(docker)
     if stale:
-        pytest.skip(f"image {IMAGE} was built from other sources than this checkout ({', '.join(stale[:3])}"
-                    f"{' ...' if len(stale) > 3 else ''}); run make image")
+        if os.environ.get("BIDS_MUSCLE_BUILD_IMAGE") == "0":
+            pytest.skip(f"image {IMAGE} is missing or was built from other sources than this checkout "
+                        f"({', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}) and BIDS_MUSCLE_BUILD_IMAGE=0")
+        proc = subprocess.run(["docker/build-image.sh"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+        assert proc.returncode == 0, "make image failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+        stale = _stale_sources(docker)
+        assert not stale, f"the image built from this checkout differs from it: {stale[:5]}"
     return IMAGE
 
 
