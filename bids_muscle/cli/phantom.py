@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--regions", nargs="+", choices=["thigh", "calf"], default=["thigh", "calf"], help="regions to draw")
     parser.add_argument("--slices", type=int, default=8, help="axial slices per region")
+    parser.add_argument("--sessions", type=int, default=1,
+                        help="visits per participant (ses-1, ses-2, ...): the same anatomy, the disease progressing, "
+                             "new noise; the truth of every visit is kept, so the true change is known")
     parser.add_argument("--b1", nargs="+", choices=["tb1map", "tb1dam"], default=[],
                         help="also write measured B1 under fmap/: a B1 map in percent on a 2x coarser grid "
                              "(TB1map) and/or a double-angle pair at 60/120 deg (TB1DAM); other images are unchanged")
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = generate_dataset(
             opts.out_dir, opts.participants, opts.seed, tuple(dict.fromkeys(opts.regions)), opts.slices, progress=print,
-            b1=tuple(dict.fromkeys(opts.b1)),
+            b1=tuple(dict.fromkeys(opts.b1)), sessions=opts.sessions,
         )
     except (FileExistsError, ValueError) as err:
         print(f"bids_muscle-phantom: error: {err}", file=sys.stderr)

@@ -13,7 +13,13 @@ from bids_muscle import bids
 from bids_muscle.seg.infer import resample_labels
 from bids_muscle.seg.labels import load_label_table
 from bids_muscle.seg.legs import voxel_sizes
-from bids_muscle.stats.biomarkers import add_segmentation_quality, column_descriptions, muscle_table, slice_table
+from bids_muscle.stats.biomarkers import (
+    add_segmentation_quality,
+    add_standard_errors,
+    column_descriptions,
+    muscle_table,
+    slice_table,
+)
 
 #: Biomarker column name of each map and the factor from its file unit.
 MAP_COLUMNS = {
@@ -40,9 +46,26 @@ def _mask_on_grid(path: str, target) -> np.ndarray:
     return mask > 0
 
 
+def _map_statistics(seg: np.ndarray, seg_img, grids: dict, labels, erode_mm: float) -> pd.DataFrame:
+    """``label``, ``volume_ml`` and the statistics of every map of ``grids`` inside the labels ``seg``
+    (on the grid of ``seg_img``; maps on other grids get resampled labels)."""
+    table = muscle_table(seg, voxel_sizes(seg_img.affine), labels)[["label", "volume_ml"]]
+    for grid in grids.values():
+        img = grid["img"]
+        seg_here = seg if _grid_key(img) == _grid_key(seg_img) else resample_labels(seg, seg_img.affine, img.shape[:3], img.affine)
+        stats = muscle_table(seg_here, voxel_sizes(img.affine), labels, grid["maps"], erode_mm=erode_mm)
+        table = table.merge(stats[["label", *[c for c in stats.columns if any(c.startswith(m + "_") for m in grid["maps"])]]],
+                            on="label", how="left")
+    return table
+
+
 def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], erode_mm: float = 0.0,
-                     imat_file: str | None = None, region_file: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Muscle and slice tables of one segmentation; maps on other grids get resampled labels."""
+                     imat_file: str | None = None, region_file: str | None = None,
+                     members_file: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Muscle and slice tables of one segmentation; maps on other grids get resampled labels.
+
+    ``members_file`` (4D, one label map per ensemble member on the grid of
+    ``dseg_file``) gives the segmentation part of the standard errors."""
     labels = load_label_table(region)
     seg_img = nb.load(dseg_file)
     seg = np.asarray(seg_img.dataobj).astype(np.int32)
@@ -56,22 +79,25 @@ def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], ero
     base = muscle_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"],
                         muscle_region_mask=masks["region"], erode_mm=erode_mm)
     slices = slice_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"], muscle_region_mask=masks["region"])
+    base = base.merge(_map_statistics(seg, seg_img, grids, labels, erode_mm).drop(columns="volume_ml"), on="label", how="left")
     for grid in grids.values():
         img = grid["img"]
-        same = _grid_key(img) == _grid_key(seg_img)
-        seg_here = seg if same else resample_labels(seg, seg_img.affine, img.shape[:3], img.affine)
-        table = muscle_table(seg_here, voxel_sizes(img.affine), labels, grid["maps"], erode_mm=erode_mm)
-        stats = [c for c in table.columns if any(c.startswith(m + "_") for m in grid["maps"])]
-        base = base.merge(table[["label", *stats]], on="label", how="left")
-        if same:
-            per_slice = slice_table(seg_here, voxel_sizes(img.affine), labels, grid["maps"])
+        if _grid_key(img) == _grid_key(seg_img):
+            per_slice = slice_table(seg, voxel_sizes(img.affine), labels, grid["maps"])
             keep = ["slice", "label", *[c for c in per_slice.columns if any(c.startswith(m + "_") for m in grid["maps"])]]
             slices = slices.merge(per_slice[keep], on=["slice", "label"], how="left")
-    return base, slices, sorted({m for g in grids.values() for m in g["maps"]})
+    members = []
+    if members_file:
+        stack = np.asarray(nb.load(members_file).dataobj).astype(np.int32)
+        if stack.shape[:3] != seg.shape:
+            raise ValueError(f"{members_file}: ensemble member labels {stack.shape[:3]} are not on the grid of {dseg_file} {seg.shape}")
+        members = [_map_statistics(stack[..., m], seg_img, grids, labels, erode_mm) for m in range(stack.shape[3])]
+    return add_standard_errors(base, members), slices, sorted({m for g in grids.values() for m in g["maps"]})
 
 
 class _BiomarkersInputSpec(BaseInterfaceInputSpec):
     dsegs = InputMultiObject(File(exists=True), mandatory=True, desc="one muscle label map per network")
+    member_dsegs = InputMultiObject(File(exists=True), desc="per network: 4D labels of each ensemble member (SegmentMuscles)")
     networks = traits.List(traits.Str, mandatory=True, desc="network name of each label map")
     seg_quality = traits.List(traits.Dict, desc="per label map: Confidence and Flags per label index (SegmentMuscles)")
     region = traits.Enum("thigh", "calf", mandatory=True)
@@ -111,10 +137,11 @@ class MuscleBiomarkers(SimpleInterface):
             raise ValueError("one network name per segmentation is needed")
         muscles, slices, names = [], [], []
         quality = self.inputs.seg_quality or [None] * len(self.inputs.dsegs)
-        for dseg, net, q in zip(self.inputs.dsegs, self.inputs.networks, quality):
+        members = self.inputs.member_dsegs or [None] * len(self.inputs.dsegs)
+        for dseg, net, q, member in zip(self.inputs.dsegs, self.inputs.networks, quality, members):
             table, per_slice, names = biomarker_tables(
                 dseg, self.inputs.region, self._map_files(), self.inputs.erode_mm,
-                self.inputs.imat_mask or None, self.inputs.muscle_region or None,
+                self.inputs.imat_mask or None, self.inputs.muscle_region or None, member,
             )
             if q is not None:
                 table = add_segmentation_quality(table, q["Confidence"], q["Flags"])

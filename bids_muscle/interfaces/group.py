@@ -16,7 +16,7 @@ TABLE_PATTERN = re.compile(r"sub-(?P<participant>[a-zA-Z0-9]+)(?:_ses-(?P<sessio
 
 #: Every table :func:`aggregate` may write under ``group/`` (stale ones of an earlier run are removed).
 AGGREGATE_TABLES = ("excluded", "biomarkers", "biomarkers_wide", "site_summary", "site_effects",
-                    "network_differences", "bland_altman")
+                    "network_differences", "bland_altman", "longitudinal")
 
 
 def find_participant_tables(out_dir: Path, participants: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
@@ -56,7 +56,10 @@ def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site",
 
     Only the tables that hold rows are written: network comparisons only
     where two networks ran on the same region, a site test only where every
-    site has enough participants (:func:`bids_muscle.stats.group.site_effects`).
+    site has enough participants (:func:`bids_muscle.stats.group.site_effects`),
+    changes between sessions only where a participant has a region in two
+    sessions (:func:`bids_muscle.stats.group.longitudinal_changes`; flagged
+    muscles stay in, marked in ``flagged``).
 
     Returns
     -------
@@ -116,6 +119,13 @@ def aggregate(out_dir: Path, participants_tsv: Path, site_column: str = "site",
         ran = tidy.groupby("region", observed=True)["network"].unique()
         notes.append("networks not compared: no region ran two networks ("
                      + "; ".join(f"{r}: {', '.join(sorted(n))}" for r, n in ran.items()) + ")")
+    changes = gstats.longitudinal_changes(tidy, summary_metrics) if summary_metrics else pd.DataFrame()
+    if not changes.empty:
+        out["longitudinal"] = changes
+    else:
+        sessions = tidy.loc[tidy["session"] != gstats.MISSING].groupby("participant")["session"].nunique()
+        notes.append("no longitudinal change: " + ("no participant has the same region and muscles in two sessions"
+                                                   if (sessions > 1).any() else "no participant has two sessions"))
     return write_group_tables(group_dir, out, AGGREGATE_TABLES), notes
 
 

@@ -37,6 +37,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
 
 class _SegmentOutputSpec(TraitedSpec):
     dsegs = OutputMultiObject(File(exists=True), desc="one label map per network")
+    member_dsegs = OutputMultiObject(File(exists=True), desc="per network: the labels of each ensemble member (4D)")
     probsegs = OutputMultiObject(File(exists=True), desc="one probability map per network")
     model_cards = traits.List(traits.Dict, desc="card of each network's model")
     probseg_labels = traits.List(traits.List(traits.Int), desc="label index of each probseg volume, per network")
@@ -60,13 +61,15 @@ class SegmentMuscles(SimpleInterface):
         images = ensemble_contrasts(image, fat)
         voxel_ml = float(np.prod(voxel_sizes(img.affine))) / 1000.0
         table = {lab.index: lab.abbreviation for lab in load_label_table(self.inputs.region)}
-        dsegs, probsegs, cards, probseg_labels, quality = [], [], [], [], []
+        dsegs, member_dsegs, probsegs, cards, probseg_labels, quality = [], [], [], [], [], []
         for network in self.inputs.networks:
             model, card = load_model(model_name(self.inputs.region, network), self.inputs.model_dir)
             result = segment_ensemble(images, img.affine, model, card, scales=self.inputs.scales,
                                       num_threads=self.inputs.num_threads)
             dseg = result["dseg"].astype(np.int16)
             dsegs.append(save_image(dseg, img.affine, f"{network}_dseg.nii.gz", runtime.cwd))
+            member_dsegs.append(save_image(np.moveaxis(result["member_dsegs"], 0, -1), img.affine,
+                                           f"{network}_members_dseg.nii.gz", runtime.cwd))
             if self.inputs.probabilities:
                 probsegs.append(save_image(result["probseg"], img.affine, f"{network}_probseg.nii.gz", runtime.cwd))
                 probseg_labels.append([int(v) for v in result["probseg_labels"]])
@@ -81,6 +84,7 @@ class SegmentMuscles(SimpleInterface):
                           "ExpectedDice": {table[k]: round(v, 3) for k, v in sorted(confidence.items()) if k in table},
                           "Flagged": {table[k]: v for k, v in sorted(flags.items()) if v and k in table}})
         self._results["dsegs"] = dsegs
+        self._results["member_dsegs"] = member_dsegs
         self._results["probsegs"] = probsegs
         self._results["model_cards"] = cards
         self._results["probseg_labels"] = probseg_labels

@@ -13,7 +13,7 @@ All quantities are arrays on one voxel grid; nothing here touches files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -72,6 +72,10 @@ REGION_GEOMETRY = {
     "thigh": {"half_axes_mm": (78.0, 72.0), "voxel_mm": 2.0, "matrix": (192, 96), "slice_mm": 8.0},
     "calf": {"half_axes_mm": (55.0, 50.0), "voxel_mm": 1.5, "matrix": (176, 88), "slice_mm": 8.0},
 }
+
+
+#: MTR of fat (percent), mixed with the muscle's by fat fraction.
+MTR_FAT_PERCENT = 8.0
 
 
 @dataclass
@@ -261,9 +265,8 @@ def draw_region(
     # mixture of water and fat: fat has slightly higher proton density
     muscle = tissue == MUSCLE
     pd[muscle] = 0.80 + 0.15 * ff[muscle] / 100.0
-    mtr_fat = 8.0
-    mtr[muscle] = (1.0 - ff[muscle] / 100.0) * mtr[muscle] + ff[muscle] / 100.0 * mtr_fat
-    mtr[fat_like] = mtr_fat
+    mtr[muscle] = (1.0 - ff[muscle] / 100.0) * mtr[muscle] + ff[muscle] / 100.0 * MTR_FAT_PERCENT
+    mtr[fat_like] = MTR_FAT_PERCENT
     mtr[tissue == SKIN] = 30.0
     mtr[tissue == FASCIA] = 35.0
     water_t2[tissue == SKIN] = 0.035
@@ -303,3 +306,33 @@ def draw_region(
         r2star_per_s=r2star,
         muscle_states=states,
     )
+
+
+def progression_rates(truth: RegionTruth, rng: np.random.Generator) -> dict[int, float]:
+    """Fat-fraction rise per visit (percentage points) of every muscle label:
+    0-6 points in fat-infiltrated muscles, 0-1 point in healthy ones."""
+    return {int(k): float(rng.uniform(0.0, 1.0) if state["pattern"] == "healthy" else rng.uniform(0.0, 6.0))
+            for k, state in sorted(truth.muscle_states.items())}
+
+
+def progressed(truth: RegionTruth, rates: dict[int, float], visits: int) -> RegionTruth:
+    """``truth`` after ``visits`` follow-up intervals of fatty replacement:
+    the muscle voxels of label k gain ``visits * rates[k]`` points of fat
+    fraction (at most 100 %) and their MTR follows the water/fat mix as in
+    :func:`draw_region`; anatomy, water T2, PD and the fields are kept."""
+    if visits == 0:
+        return truth
+    rise = np.zeros(int(truth.labels.max()) + 1)
+    for label, rate in rates.items():
+        if label < rise.size:
+            rise[label] = visits * rate
+    muscle = (truth.tissue == MUSCLE) & (truth.labels > 0)
+    ff = truth.ff_percent.copy()
+    ff[muscle] = np.minimum(ff[muscle] + rise[truth.labels[muscle]], 100.0)
+    old = truth.ff_percent[muscle] / 100.0
+    mtr_water = (truth.mtr_percent[muscle] - old * MTR_FAT_PERCENT) / np.maximum(1.0 - old, 1e-6)
+    mtr = truth.mtr_percent.copy()
+    mtr[muscle] = (1.0 - ff[muscle] / 100.0) * mtr_water + ff[muscle] / 100.0 * MTR_FAT_PERCENT
+    states = {k: {**v, "ff_rise_per_visit": rates.get(int(k), 0.0)} for k, v in truth.muscle_states.items()}
+    return replace(truth, ff_percent=ff.astype(truth.ff_percent.dtype), mtr_percent=mtr.astype(truth.mtr_percent.dtype),
+                               muscle_states=states)

@@ -55,11 +55,12 @@ def _common_meta(region: str, site: str) -> dict:
     }
 
 
-def write_region(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, rng: np.random.Generator) -> None:
-    """Raw images and truth of one region of one participant."""
+def write_region(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, rng: np.random.Generator,
+                 session: str | None = None) -> None:
+    """Raw images and truth of one region of one participant (in ``ses-<session>`` when given)."""
     region = truth.region
-    anat = bids.subject_dir(bids_dir, sub, None)
-    ent = {"sub": sub, "acq": region}
+    anat = bids.subject_dir(bids_dir, sub, session)
+    ent = {"sub": sub, "ses": session, "acq": region}
     common = _common_meta(region, site)
     aff = truth.affine
 
@@ -92,7 +93,7 @@ def write_region(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str
     t1w = signals.t1w_image(truth, rng)
     _write_raw(anat, ent, "T1w", t1w, aff, {**common, "EchoTime": 0.012, "RepetitionTime": 0.6})
 
-    write_truth(bids_dir / "derivatives" / "truth", sub, truth)
+    write_truth(bids_dir / "derivatives" / "truth", sub, truth, session)
 
 
 def write_b1(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, kinds: tuple[str, ...],
@@ -135,9 +136,9 @@ def write_b1(bids_dir: Path, sub: str, truth: anatomy.RegionTruth, site: str, ki
                        truth.affine, {**common, "FlipAngle": angle, "EchoTime": 0.004, "RepetitionTime": 7.0})
 
 
-def write_truth(truth_dir: Path, sub: str, truth: anatomy.RegionTruth) -> None:
+def write_truth(truth_dir: Path, sub: str, truth: anatomy.RegionTruth, session: str | None = None) -> None:
     """Ground-truth maps and masks of one region, named like the app's outputs."""
-    ent = {"sub": sub, "acq": truth.region}
+    ent = {"sub": sub, "ses": session, "acq": truth.region}
     src = ["phantom ground truth"]
     items = [
         ({**ent, "desc": "water"}, "T2map", truth.water_t2_s, {"Units": "s", "Description": "T2 of the water component"}),
@@ -198,6 +199,7 @@ def generate_dataset(
     n_slices: int = 8,
     progress=None,
     b1: tuple[str, ...] = (),
+    sessions: int = 1,
 ) -> Path:
     """Write a phantom BIDS dataset with ``n_participants`` to ``out_dir``.
 
@@ -205,6 +207,14 @@ def generate_dataset(
     or be empty, so nothing is ever overwritten. ``b1`` adds measured B1
     (:func:`write_b1`: ``"tb1map"``, ``"tb1dam"``) from a random stream of
     its own, so every other image is the same with or without it.
+
+    ``sessions > 1`` writes every participant in ``ses-1 .. ses-<n>``, a
+    follow-up study: the same anatomy at every visit, the fat fraction of
+    every muscle rising at a rate of its own
+    (:func:`bids_muscle.phantom.anatomy.progressed`) and new noise at every
+    visit. The truth of each visit is under
+    ``derivatives/truth/sub-<p>/ses-<s>``, so the true change of every
+    muscle is known.
     """
     unknown = set(b1) - set(B1_KINDS)
     if unknown:
@@ -214,6 +224,10 @@ def generate_dataset(
         raise FileExistsError(f"{out_dir}: folder exists and is not empty; choose a new folder")
     if n_participants < 1:
         raise ValueError("--participants must be at least 1")
+    if sessions < 1:
+        raise ValueError("--sessions must be at least 1")
+    if sessions > 1 and b1:
+        raise ValueError("measured B1 (--b1) is not drawn for several sessions")
     out_dir.mkdir(parents=True, exist_ok=True)
     bids.write_json_atomic(
         out_dir / "dataset_description.json",
@@ -245,11 +259,19 @@ def generate_dataset(
         rng = np.random.default_rng([seed, p])
         site = SITES[p % len(SITES)]
         severity = float(rng.uniform(0.0, 0.7))
-        for k, region in enumerate(regions):
-            truth = anatomy.draw_region(region, rng, n_slices=n_slices, severity=severity)
-            write_region(out_dir, sub, truth, site, rng)
-            if b1:
-                write_b1(out_dir, sub, truth, site, tuple(b1), np.random.default_rng([seed, p, 100 + k]))
+        if sessions == 1:
+            for k, region in enumerate(regions):
+                truth = anatomy.draw_region(region, rng, n_slices=n_slices, severity=severity)
+                write_region(out_dir, sub, truth, site, rng)
+                if b1:
+                    write_b1(out_dir, sub, truth, site, tuple(b1), np.random.default_rng([seed, p, 100 + k]))
+        else:
+            for k, region in enumerate(regions):
+                first = anatomy.draw_region(region, rng, n_slices=n_slices, severity=severity)
+                rates = anatomy.progression_rates(first, np.random.default_rng([seed, p, 200 + k]))
+                for s in range(1, sessions + 1):
+                    write_region(out_dir, sub, anatomy.progressed(first, rates, s - 1), site,
+                                 np.random.default_rng([seed, p, 300 + s, k]), session=str(s))
         group = "patient" if severity > 0.2 else "control"
         rows.append(f"sub-{sub}\t{site}\t{int(rng.integers(20, 70))}\t{'MF'[int(rng.integers(2))]}\t{group}")
         if progress:

@@ -41,7 +41,7 @@ DISTRIBUTIONS = (
 )
 #: Fat-fraction columns of the pattern heat map, in order of preference.
 PATTERN_COLUMNS = ("ff_dixon_percent_mean", "ff_mese_percent_mean")
-_ID_TEXT = {"participant": str, "session": str, "site": str}
+_ID_TEXT = {"participant": str, "session": str, "site": str, "session_from": str, "session_to": str}
 
 
 def _read(path: str | Path) -> pd.DataFrame:
@@ -270,6 +270,13 @@ def build_group_report(out_dir: Path, tables: dict[str, str], command: str = "",
             for _, r in effects[effects["p_value"] < SITE_P_FLAG].iterrows():
                 flags.append(f"site effect (Kruskal-Wallis p = {r['p_value']:.3g}) for {r.get('metric', '')} in "
                              f"{r.get('region', '')} {r.get('muscle', '')}")
+    if "longitudinal" in tables:
+        changes = _read(tables["longitudinal"])
+        beyond = changes[changes["exceeds_error"] == 1] if "exceeds_error" in changes else changes.iloc[:0]
+        shown = _shown("Changes between sessions beyond the measurement error", beyond, href["longitudinal"])
+        shown["note"] = (f"{len(beyond)} of {len(changes)} changes (muscle, metric and pair of sessions) have a 95 % "
+                         "interval that excludes 0 (independent, normal errors of the two visits); " + shown["note"])
+        statistics.append(shown)
     if "site_summary" in tables:
         sections.append(_shown("Per-site medians and IQR", _read(tables["site_summary"]), href["site_summary"]))
     excluded = _read(tables["excluded"]) if "excluded" in tables else pd.DataFrame()

@@ -133,13 +133,16 @@ def segment_ensemble(
         ``dseg``, ``probseg`` (fused, X, Y, Z, 2K), ``probseg_labels``,
         ``legs`` as :func:`bids_muscle.seg.infer.segment`; ``confidence``:
         expected Dice per label present; ``members``: the
-        ``(contrast, scale)`` pairs fused.
+        ``(contrast, scale)`` pairs fused; ``member_dsegs`` (M, X, Y, Z,
+        int16): each member's own labels, whose spread gives the
+        segmentation part of the per-muscle standard errors
+        (:func:`bids_muscle.stats.biomarkers.add_standard_errors`).
     """
     if not images:
         raise ValueError("segment_ensemble needs at least one image")
     report = progress or (lambda message: None)
     members = ensemble_members(list(images), scales)
-    total, labels, legs = None, None, []
+    total, labels, legs, member_dsegs = None, None, [], []
     for name, scale in members:
         scaled = card if scale == 1.0 else dataclasses.replace(
             card, voxel_size_mm=[None if v is None else v * scale for v in card.voxel_size_mm])
@@ -149,9 +152,10 @@ def segment_ensemble(
         else:
             total += result["probseg"]
         labels, legs = result["probseg_labels"], result["legs"]
+        member_dsegs.append(labels_from_probabilities(result["probseg"], labels).astype(np.int16))
         report(f"segmented the {name} image at scale {scale:g}")
     probseg = total / len(members)
     dseg = labels_from_probabilities(probseg, labels)
     confidence = {label: value for label, value in expected_dice(probseg, dseg, labels).items() if (dseg == label).any()}
     return {"dseg": dseg, "probseg": probseg, "probseg_labels": labels, "legs": legs, "confidence": confidence,
-            "members": members}
+            "members": members, "member_dsegs": np.stack(member_dsegs)}

@@ -24,6 +24,20 @@ Erosion
     of the field of view is not a muscle border (the muscle continues
     beyond it) and does not erode. ``volume_ml`` and ``voxel_count`` always
     describe the uneroded mask.
+Standard errors
+    :func:`add_standard_errors` puts beside each ``<map>_mean`` its
+    standard error ``<map>_se = sqrt(se_noise^2 + se_seg^2)``: the noise
+    part is the standard error of a mean over the muscle's voxels,
+    ``sd / sqrt(n)`` (voxels taken as independent; it also holds the
+    muscle's own heterogeneity, so it does not understate white noise),
+    the segmentation part the standard deviation of the mean over the
+    label maps of the ensemble's members (each member's labels are a
+    plausible segmentation: the spread says how much the muscle's number
+    depends on where its border is drawn). ``volume_ml_se`` is the spread
+    of the volume over the members. With one member the segmentation part
+    is unknown and the columns ``_se_seg`` are NaN; ``_se`` is then the
+    noise part alone. Errors shared by every member (a network's
+    systematic error, a model bias of the map) are not in these numbers.
 IMAT fraction
     Amer et al. 2022, Eq. 4: IMAT fraction = IMAT area / muscle-region area,
     the muscle region being everything inside the fascia (muscle and
@@ -61,6 +75,7 @@ from bids_muscle.stats.agreement import _as_label_map, _as_mask, _spacing, label
 __all__ = [
     "MAP_STATISTICS",
     "WHOLE_REGION_NAME",
+    "add_standard_errors",
     "column_descriptions",
     "erode_labels",
     "largest_cross_section_mm2",
@@ -580,6 +595,50 @@ def add_segmentation_quality(
     return out
 
 
+def add_standard_errors(table: pd.DataFrame, member_tables: Sequence[pd.DataFrame] = ()) -> pd.DataFrame:
+    """Standard errors beside the means of a :func:`muscle_table`.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The muscle table of the fused labels.
+    member_tables : sequence of pandas.DataFrame
+        Muscle tables of the same maps with each ensemble member's labels
+        (same rows). Fewer than two give no segmentation part.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``table`` with ``<map>_se_noise``, ``<map>_se_seg`` and ``<map>_se``
+        for every ``<map>_mean`` and ``volume_ml_se`` (see the module
+        docstring). The whole-region row gets the same treatment.
+    """
+    out = table.copy()
+    maps = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    members = [m.set_index("label").reindex(table["label"]) for m in member_tables]
+
+    def spread(column: str) -> np.ndarray:
+        if len(members) < 2 or any(column not in m.columns for m in members):
+            return np.full(len(table), np.nan)
+        values = np.stack([m[column].to_numpy(np.float64) for m in members])
+        finite = np.isfinite(values)
+        count = finite.sum(axis=0)
+        centred = np.where(finite, values - np.where(finite, values, 0.0).sum(axis=0) / np.maximum(count, 1), 0.0)
+        return np.where(count >= 2, np.sqrt((centred ** 2).sum(axis=0) / np.maximum(count - 1, 1)), np.nan)
+
+    for name in maps:
+        n = out[f"{name}_n"].to_numpy(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            noise = np.where(n > 1, out[f"{name}_sd"].to_numpy(np.float64) / np.sqrt(np.maximum(n, 1)), np.nan)
+        seg = spread(f"{name}_mean")
+        out[f"{name}_se_noise"] = noise
+        out[f"{name}_se_seg"] = seg
+        out[f"{name}_se"] = np.sqrt(noise ** 2 + np.nan_to_num(seg) ** 2)
+    volume = spread("volume_ml")
+    out["volume_ml_se"] = volume
+    return out
+
+
 def column_descriptions(maps: Sequence[str] | Mapping[str, object] = ()) -> dict[str, dict[str, str]]:
     """Description and unit of every column of the biomarker tables.
 
@@ -615,6 +674,8 @@ def column_descriptions(maps: Sequence[str] | Mapping[str, object] = ()) -> dict
                         "Units": "voxels"},
         "volume_ml": {"Description": "muscle volume: voxel count times voxel volume (before any erosion)",
                       "Units": "ml"},
+        "volume_ml_se": {"Description": "standard error of the volume: its standard deviation over the labels of "
+                                        "the ensemble's members (n/a with one member)", "Units": "ml"},
         "area_cm2": {"Description": "cross-sectional area of the muscle in the slice (before any erosion)",
                      "Units": "cm^2"},
         "csa_max_mm2": {"Description": "largest cross-sectional area of the muscle over the slices (slice axis: "
@@ -650,4 +711,12 @@ def column_descriptions(maps: Sequence[str] | Mapping[str, object] = ()) -> dict
             }
         out[f"{name}_n"] = {"Description": f"number of voxels with a value of {what} used for the statistics",
                             "Units": "voxels"}
+        out[f"{name}_se_noise"] = {"Description": f"noise part of the standard error of the mean {what}: sd / sqrt(n)",
+                                   "Units": unit}
+        out[f"{name}_se_seg"] = {"Description": f"segmentation part of the standard error of the mean {what}: "
+                                                "standard deviation of the mean over the labels of the ensemble's "
+                                                "members (n/a with one member)", "Units": unit}
+        out[f"{name}_se"] = {"Description": f"standard error of the mean {what}, noise and segmentation combined "
+                                            "(sqrt of the sum of squares); errors common to every ensemble member "
+                                            "are not included", "Units": unit}
     return out

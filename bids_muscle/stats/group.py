@@ -9,6 +9,9 @@ session, site, region, side, muscle and network, with the metrics as
 columns. Everything else works on that table with ``groupby`` and array
 operations, so thousands of participants take seconds.
 
+Changes between sessions (:func:`longitudinal_changes`) are ``to - from``,
+from a participant's first session to each later one.
+
 Differences between networks follow the convention of
 :mod:`bids_muscle.stats.agreement`: ``delta = value_a - value_b`` with
 ``network_b`` the reference (Hostin 2023: ``dX = X_automatic - X_manual``).
@@ -31,6 +34,7 @@ __all__ = [
     "MIN_PER_SITE",
     "agreement_metrics",
     "long_table",
+    "longitudinal_changes",
     "metric_columns",
     "network_differences",
     "pairwise_bland_altman",
@@ -275,6 +279,120 @@ def network_differences(
     if not blocks:
         return pd.DataFrame(columns=columns)
     return pd.concat(blocks, ignore_index=True)
+
+
+#: Two-sided 95 % quantile of the normal distribution used for the change intervals.
+_Z95 = 1.96
+_LONGITUDINAL_COLUMNS = ("participant", "site", "region", "side", "muscle", "network", "metric", "session_from",
+                        "session_to", "value_from", "value_to", "change", "se_change", "ci95_low", "ci95_high",
+                        "exceeds_error", "flagged")
+
+
+def _se_column(metric: str) -> str:
+    """Standard-error column of ``metric``: ``<x>_se`` for ``<x>_mean``, else ``<metric>_se``."""
+    return f"{metric[: -len('_mean')]}_se" if metric.endswith("_mean") else f"{metric}_se"
+
+
+def longitudinal_changes(tidy: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-muscle change between sessions, with its 95 % interval.
+
+    For every participant with two or more sessions of a region, each
+    muscle (region, side, muscle and network) is compared between the
+    participant's first session of that region (sessions sorted as
+    strings: ``"10"`` sorts before ``"2"``) and every later session:
+    ``change = value_to - value_from``. Rows with ``session`` ``"n/a"``
+    are left out.
+
+    The standard error of the change combines those of the two visits,
+    ``se_change = sqrt(se_from^2 + se_to^2)``, and the 95 % interval is
+    ``change -/+ 1.96 se_change``. This assumes that the measurement
+    errors of the two visits are independent and normally distributed:
+    an error shared by both visits (same network, same model bias) is not
+    in the interval, and with few voxels or a skewed error the coverage
+    is not exactly 95 %.
+
+    Parameters
+    ----------
+    tidy : pandas.DataFrame
+        Output of :func:`stack_tables`: the :data:`ID_COLUMNS`, the
+        metrics, their standard errors where known (``<x>_se`` beside
+        ``<x>_mean``, ``volume_ml_se`` beside ``volume_ml``) and
+        optionally ``seg_flag``.
+    metrics : sequence of str, optional
+        Metrics to compare (default :func:`agreement_metrics`: volume,
+        IMAT fraction and every ``<map>_mean``). A metric without a
+        standard-error column still gets its change, with NaN interval.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long table, one row per participant, region, side, muscle,
+        network, metric and pair of sessions: ``participant``, ``site``
+        (of the later session; ``"<from>-><to>"`` when the participant
+        changed site), ``region``, ``side``, ``muscle``, ``network``,
+        ``metric``, ``session_from``, ``session_to``, ``value_from``,
+        ``value_to``, ``change``, ``se_change``, ``ci95_low``,
+        ``ci95_high``, ``exceeds_error`` (1.0 when the interval excludes
+        0, 0.0 when it holds 0, NaN without a standard error or a value)
+        and ``flagged`` (1 when either session's row has ``seg_flag`` = 1,
+        else 0). No rows (these columns only) when no participant has a
+        region in two sessions.
+
+    Raises
+    ------
+    ValueError
+        Without metrics, when a column is missing, or when a participant,
+        session and muscle has several rows.
+    """
+    metrics = list(dict.fromkeys(metrics)) if metrics is not None else agreement_metrics(tidy)
+    if not metrics:
+        raise ValueError("no metrics to compare")
+    _require(tidy, list(ID_COLUMNS) + metrics)
+    keys = ["participant", "region", "side", "muscle", "network"]
+    se_of = {m: _se_column(m) for m in metrics}
+    se_cols = [c for c in dict.fromkeys(se_of.values()) if c in tidy.columns and c not in metrics]
+    numeric = list(dict.fromkeys(metrics + se_cols + (["seg_flag"] if "seg_flag" in tidy.columns else [])))
+    rows = tidy.loc[tidy["session"].astype(str) != MISSING, keys + ["session", "site"] + numeric].copy()
+    rows["session"] = rows["session"].astype(str)
+    rows[numeric] = rows[numeric].apply(pd.to_numeric, errors="coerce")
+    if rows.duplicated(keys + ["session"]).any():
+        raise ValueError("tables hold duplicate rows for the same participant, session, muscle and network")
+    first = rows.groupby(["participant", "region"], sort=False)["session"].transform("min")
+    is_first = (rows["session"] == first).to_numpy()
+    pairs = rows.loc[~is_first].merge(rows.loc[is_first], on=keys, how="inner", suffixes=("_to", "_from"))
+    if pairs.empty:
+        return pd.DataFrame(columns=list(_LONGITUDINAL_COLUMNS))
+    pairs = pairs.sort_values(["participant", "region", "session_to"], kind="stable").reset_index(drop=True)
+
+    def block(columns: list[str | None], suffix: str) -> np.ndarray:
+        return np.column_stack([pairs[f"{c}{suffix}"].to_numpy(dtype=np.float64) if c is not None
+                                else np.full(len(pairs), np.nan) for c in columns])
+
+    se_names = [se_of[m] if (se_of[m] in se_cols or se_of[m] in metrics) else None for m in metrics]
+    value_from, value_to = block(metrics, "_from"), block(metrics, "_to")
+    se_change = np.sqrt(block(se_names, "_from") ** 2 + block(se_names, "_to") ** 2)
+    change = value_to - value_from
+    low, high = change - _Z95 * se_change, change + _Z95 * se_change
+    known = np.isfinite(low) & np.isfinite(high)
+    exceeds = np.where(known, ((low > 0) | (high < 0)).astype(np.float64), np.nan)
+    if "seg_flag_from" in pairs.columns:
+        flagged = ((pairs["seg_flag_from"] == 1) | (pairs["seg_flag_to"] == 1)).to_numpy().astype(np.int64)
+    else:
+        flagged = np.zeros(len(pairs), dtype=np.int64)
+    site = pairs["site_to"].astype(str).where(pairs["site_from"].astype(str) == pairs["site_to"].astype(str),
+                                              pairs["site_from"].astype(str) + "->" + pairs["site_to"].astype(str))
+    k = len(metrics)
+    out = {"participant": pairs["participant"], "site": site}
+    out.update({c: pairs[c] for c in ("region", "side", "muscle", "network")})
+    out = {c: np.repeat(np.asarray(v, dtype=object), k) for c, v in out.items()}
+    out["metric"] = np.tile(np.asarray(metrics, dtype=object), len(pairs))
+    out["session_from"] = np.repeat(pairs["session_from"].to_numpy(dtype=object), k)
+    out["session_to"] = np.repeat(pairs["session_to"].to_numpy(dtype=object), k)
+    for name, arr in (("value_from", value_from), ("value_to", value_to), ("change", change),
+                      ("se_change", se_change), ("ci95_low", low), ("ci95_high", high), ("exceeds_error", exceeds)):
+        out[name] = arr.ravel()
+    out["flagged"] = np.repeat(flagged, k)
+    return pd.DataFrame(out, columns=list(_LONGITUDINAL_COLUMNS))
 
 
 def _delta_metrics(differences: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:

@@ -20,7 +20,8 @@ def init_group_wf(config: Config) -> Workflow:
     side, muscle and network), ``biomarkers_wide.tsv``, ``site_summary.tsv``,
     ``site_effects.tsv`` (several sites with enough participants each),
     ``network_differences.tsv`` and ``bland_altman.tsv`` (several networks on
-    the same region), ``excluded.tsv``, the
+    the same region), ``longitudinal.tsv`` (a participant with two sessions),
+    ``excluded.tsv``, the
     mask-based ``agreement.tsv``, ``agreement_summary.tsv``,
     ``agreement_bland_altman.tsv`` and ``agreement_g20.tsv`` (several
     networks, or a reference segmentation) and ``report.html``.

@@ -101,3 +101,30 @@ def test_measured_b1_option_matches_the_truth_and_leaves_the_rest_alone(tmp_path
     assert np.nanmedian(np.abs(dam[muscle] - truth[muscle])) < 0.015
     with pytest.raises(ValueError, match="unknown B1"):
         generate_dataset(tmp_path / "bad", n_participants=1, b1=("afi",))
+
+
+def test_follow_up_sessions_keep_the_anatomy_and_raise_fat_at_the_stated_rates(tmp_path):
+    root = generate_dataset(tmp_path / "ses", n_participants=1, seed=4, regions=("calf",), n_slices=2, sessions=3)
+    truth = root / "derivatives" / "truth" / "sub-01"
+    tables, labels, images = [], [], []
+    for s in (1, 2, 3):
+        stem = f"ses-{s}/anat/sub-01_ses-{s}_acq-calf_"
+        tables.append(np.genfromtxt(truth / f"{stem}biomarkers.tsv", delimiter="\t", names=True, dtype=None, encoding=None))
+        labels.append(np.asarray(nb.load(truth / f"{stem}dseg.nii.gz").dataobj))
+        images.append(np.asarray(nb.load(root / "sub-01" / f"ses-{s}" / "anat" / f"sub-01_ses-{s}_acq-calf_T1w.nii.gz").dataobj))
+    assert all(np.array_equal(labels[0], other) for other in labels[1:])
+    assert np.array_equal(tables[0]["volume_ml"], tables[2]["volume_ml"])
+    states = json.loads((truth / "ses-2/anat/sub-01_ses-2_acq-calf_muscles.json").read_text())
+    rise = {int(k): v["ff_rise_per_visit"] for k, v in states.items()}
+    ff = np.asarray(nb.load(truth / "ses-1/anat/sub-01_ses-1_acq-calf_FFmap.nii.gz").dataobj)
+    ff3 = np.asarray(nb.load(truth / "ses-3/anat/sub-01_ses-3_acq-calf_FFmap.nii.gz").dataobj)
+    tissue = np.asarray(nb.load(truth / "ses-1/anat/sub-01_ses-1_acq-calf_desc-tissue_dseg.nii.gz").dataobj)
+    muscle = (tissue == anatomy.MUSCLE) & (labels[0] > 0)
+    expected = np.minimum(ff[muscle] + 2 * np.vectorize(rise.get)(labels[0][muscle]), 100.0)
+    assert np.allclose(ff3[muscle], expected, atol=1e-3)
+    assert np.array_equal(ff3[~muscle], ff[~muscle])
+    changes = tables[2]["ff_percent_mean"][:-1] - tables[0]["ff_percent_mean"][:-1]
+    assert (changes >= -1e-6).all() and changes.max() > 1.0
+    assert not np.array_equal(images[0], images[1])  # new noise at every visit
+    with pytest.raises(ValueError, match="sessions"):
+        generate_dataset(tmp_path / "bad", n_participants=1, sessions=2, b1=("tb1map",))

@@ -195,3 +195,41 @@ def test_real_calf_labels_match_simpleitk(shared_data):
         assert row["b0_mean"] == pytest.approx(stats_filter.GetMean(lab), rel=1e-9)
         assert row["b0_sd"] == pytest.approx(stats_filter.GetSigma(lab), rel=1e-9)
         assert row["b0_median"] == pytest.approx(np.median(image[seg == lab]), rel=1e-9)
+
+
+def test_standard_errors_combine_voxel_noise_and_the_spread_over_members():
+    seg = _two_muscles()
+    rng = np.random.default_rng(3)
+    ff = np.where(seg > 0, 20.0 + rng.normal(0.0, 4.0, seg.shape), np.nan)
+    ff[10:14, 4:14, :] = 60.0                      # fat next to muscle 1: where its border lies matters
+    members = [seg.copy() for _ in range(3)]
+    members[1][10, 4:14, :] = 1                    # one member draws muscle 1 a row larger, into the fat
+    members[2][9, 4:14, :] = 0                     # another a row smaller
+    table = B.muscle_table(seg, SPACING, THIGH, {"ff_percent": ff})
+    member_tables = [B.muscle_table(m, SPACING, THIGH, {"ff_percent": ff}) for m in members]
+    out = B.add_standard_errors(table, member_tables)
+    row = out.set_index("label").loc[1]
+    values = ff[seg == 1]
+    assert row["ff_percent_se_noise"] == pytest.approx(values.std(ddof=1) / np.sqrt(values.size))
+    member_means = [np.nanmean(ff[m == 1]) for m in members]
+    assert row["ff_percent_se_seg"] == pytest.approx(np.std(member_means, ddof=1))
+    assert row["ff_percent_se"] == pytest.approx(np.hypot(row["ff_percent_se_noise"], row["ff_percent_se_seg"]))
+    assert row["volume_ml_se"] == pytest.approx(np.std([np.count_nonzero(m == 1) * 5e-3 for m in members], ddof=1))
+    # muscle 21 is drawn the same by every member: no segmentation part
+    assert out.set_index("label").loc[21, "ff_percent_se_seg"] == 0.0
+    # one member: the segmentation part is unknown and the error is the noise part alone
+    alone = B.add_standard_errors(table, member_tables[:1]).set_index("label").loc[1]
+    assert np.isnan(alone["ff_percent_se_seg"]) and alone["ff_percent_se"] == alone["ff_percent_se_noise"]
+    descriptions = B.column_descriptions(["ff_percent"])
+    assert {"ff_percent_se", "ff_percent_se_noise", "ff_percent_se_seg", "volume_ml_se"} <= set(descriptions)
+
+
+def test_noise_part_of_the_standard_error_covers_the_true_mean_at_its_nominal_rate():
+    seg = _two_muscles()
+    rng = np.random.default_rng(4)
+    inside = []
+    for _ in range(400):
+        t2 = np.where(seg > 0, 35.0 + rng.normal(0.0, 3.0, seg.shape), np.nan)
+        row = B.add_standard_errors(B.muscle_table(seg, SPACING, THIGH, {"t2_ms": t2})).set_index("label").loc[21]
+        inside.append(abs(row["t2_ms_mean"] - 35.0) <= 1.96 * row["t2_ms_se"])
+    assert 0.92 <= np.mean(inside) <= 0.98

@@ -12,23 +12,9 @@ from bids_muscle.phantom.dataset import generate_dataset
 pytestmark = pytest.mark.slow
 
 
-def _as_session(root, session):
-    """Move sub-01's raw files into ses-<session> (names and folders)."""
-    sub = root / "sub-01"
-    target = sub / f"ses-{session}" / "anat"
-    target.mkdir(parents=True)
-    for path in sorted((sub / "anat").iterdir()):
-        path.rename(target / path.name.replace("sub-01_", f"sub-01_ses-{session}_"))
-    (sub / "anat").rmdir()
-
-
 def test_two_sessions_participant_and_group(tmp_path):
-    root = generate_dataset(tmp_path / "bids", n_participants=1, seed=11, regions=("calf",), n_slices=3)
+    root = generate_dataset(tmp_path / "bids", n_participants=1, seed=11, regions=("calf",), n_slices=3, sessions=2)
     shutil.rmtree(root / "derivatives")
-    second = generate_dataset(tmp_path / "second", n_participants=1, seed=12, regions=("calf",), n_slices=3)
-    _as_session(root, "1")
-    _as_session(second, "2")
-    shutil.move(str(second / "sub-01" / "ses-2"), str(root / "sub-01" / "ses-2"))
     out, work = tmp_path / "out", tmp_path / "work"
 
     def cli(*args):
@@ -46,3 +32,12 @@ def test_two_sessions_participant_and_group(tmp_path):
     cli("group")
     tidy = pd.read_csv(out / "group/biomarkers.tsv", sep="\t", dtype={"session": str})
     assert set(tidy["session"]) == {"1", "2"}
+    # the change of every muscle between the visits, with the interval of the tables' standard errors
+    changes = pd.read_csv(out / "group/longitudinal.tsv", sep="\t", na_values=["n/a"],
+                          dtype={"session_from": str, "session_to": str})
+    ff = changes[(changes["metric"] == "ff_dixon_percent_mean") & (changes["muscle"] != "whole_region")]
+    assert set(zip(ff["session_from"], ff["session_to"])) == {("1", "2")} and len(ff) >= 10
+    assert (ff["ci95_low"] < ff["change"]).all() and (ff["change"] < ff["ci95_high"]).all()
+    table = pd.read_csv(out / "sub-01/ses-2/anat/sub-01_ses-2_acq-calf_biomarkers.tsv", sep="\t", na_values=["n/a"])
+    assert (table["ff_dixon_percent_se"] >= table["ff_dixon_percent_se_noise"]).all()
+    assert table["ff_dixon_percent_se_seg"].notna().any()  # three ensemble members
