@@ -44,6 +44,9 @@ class Config:
     stop_on_first_crash: bool = False
     sloppy: bool = False
     mese_denoise: str = "mppca"
+    mese_fat_t2_ms: float = 140.0  # qmri.t2_dictionary.FAT_T2_S
+    mese_refocus_width: float = 1.0  # qmri.epg.default_slice_profile(refocus_width_ratio)
+    dixon_fat_model: str = "hamilton6"  # qmri.fat_spectrum.fat_spectrum
     site_column: str = "site"
     reference_seg: Path | None = None
     networks: tuple[str, ...] = ()  # empty: seg.zoo.DEFAULT_NETWORKS

@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     qm.add_argument("--mese-denoise", choices=["mppca", "none"], default="mppca",
                     help="denoise the multi-echo spin echo before the EPG fits: local PCA with Marchenko-Pastur "
                          "thresholding (mppca, default) or none")
+    qm.add_argument("--mese-fat-t2", type=float, default=Config.mese_fat_t2_ms, metavar="MS",
+                    help="fat T2 (ms) of the two-component water/fat EPG fit (default: %(default)s, the EPG T2 of "
+                         "subcutaneous fat in the real test scans; MyoQMRI uses 151)")
+    qm.add_argument("--mese-refocus-width", type=float, default=Config.mese_refocus_width, metavar="RATIO",
+                    help="slice profile of the EPG fits: refocusing over excitation slice thickness (default: "
+                         "%(default)s; some vendors refocus a wider slice, MyoQMRI assumes 1.2; 0: an ideal slice, "
+                         "no profile)")
+    qm.add_argument("--dixon-fat-model", choices=["hamilton6", "single"], default=Config.dixon_fat_model,
+                    help="fat spectrum of the Dixon water-fat separation: the 6-peak model of Hamilton et al. 2011 "
+                         "(default) or a single peak at -3.4 ppm (classic Dixon, as musclemap; reads muscle fat "
+                         "fraction lower)")
 
     grp = parser.add_argument_group("group level")
     grp.add_argument("--site-column", default="site",
@@ -138,6 +149,10 @@ def parse_config(argv: list[str] | None = None) -> Config:
         parser.error("--erode-mm must not be negative")
     if not all(0.5 <= f <= 2.0 for f in opts.seg_scales):
         parser.error("--seg-scales: factors must lie between 0.5 and 2")
+    if not 40.0 <= opts.mese_fat_t2 <= 400.0:
+        parser.error(f"--mese-fat-t2 {opts.mese_fat_t2:g}: fat T2 must lie between 40 and 400 ms")
+    if opts.mese_refocus_width != 0 and not 0.5 <= opts.mese_refocus_width <= 3.0:
+        parser.error(f"--mese-refocus-width {opts.mese_refocus_width:g}: use 0 (ideal slice) or a ratio from 0.5 to 3")
     if opts.reference_seg and not opts.reference_seg.is_dir():
         parser.error(f"--reference-seg {opts.reference_seg}: folder not found")
     if opts.model_dir and not opts.model_dir.is_dir():
@@ -165,6 +180,9 @@ def parse_config(argv: list[str] | None = None) -> Config:
         stop_on_first_crash=opts.stop_on_first_crash,
         sloppy=opts.sloppy,
         mese_denoise=opts.mese_denoise,
+        mese_fat_t2_ms=opts.mese_fat_t2,
+        mese_refocus_width=opts.mese_refocus_width,
+        dixon_fat_model=opts.dixon_fat_model,
         site_column=opts.site_column,
         reference_seg=opts.reference_seg.expanduser().resolve() if opts.reference_seg else None,
         networks=tuple(dict.fromkeys(opts.networks or ())),
@@ -382,7 +400,7 @@ def participant_inputs(layout, broken: dict, sub: str, ses: str | None, config: 
 
 def run_participant(config: Config) -> int:
     from bids_muscle import bids
-    from bids_muscle.workflows.base import init_participant_wf, megre_refusal
+    from bids_muscle.workflows.base import init_participant_wf, input_warnings
 
     broken = check_sidecars(config.bids_dir)  # pybids would fail on the whole dataset: leave these out
     layout = bids.load_layout(config.bids_dir, validate=not config.skip_bids_validation, exclude=broken)
@@ -412,8 +430,8 @@ def run_participant(config: Config) -> int:
             input_errors.append(msg)
             continue
         _log(f"{tag}: processing {', '.join(r.region for r in regions)}")
-        for refusal in filter(None, map(megre_refusal, regions)):
-            _log(f"{tag}: warning: {refusal}")
+        for warning in (w for rin in regions for w in input_warnings(rin)):
+            _log(f"{tag}: warning: {warning}")
         workflow = init_participant_wf(config, sub, ses, regions, networks)
         t0 = time.time()
         failed = _run_workflow(workflow, config)

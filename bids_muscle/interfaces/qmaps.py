@@ -12,6 +12,7 @@ from bids_muscle.qmri import dixon, mtr, se2echo
 from bids_muscle.qmri import t2 as t2fit
 from bids_muscle.qmri.bias import foreground_mask
 from bids_muscle.qmri.denoise import default_window, denoise_mppca
+from bids_muscle.qmri.epg import DEFAULT_TIME_BANDWIDTH, default_slice_profile
 
 
 class _FitMESEInputSpec(BaseInterfaceInputSpec):
@@ -22,6 +23,9 @@ class _FitMESEInputSpec(BaseInterfaceInputSpec):
     repetition_time = traits.Either(None, traits.Float, usedefault=True, desc="TR in seconds")
     sloppy = traits.Bool(False, usedefault=True, desc="coarse dictionaries")
     denoise = traits.Enum("mppca", "none", usedefault=True, desc="denoising of the echoes before the fits")
+    fat_t2 = traits.Float(t2fit.FAT_T2_S, usedefault=True, desc="fat T2 (s) of the two-component fit")
+    refocus_width = traits.Float(1.0, usedefault=True,
+                                 desc="refocusing / excitation slice thickness of the slice profile (0: ideal slice)")
     b1_map = File(exists=True, desc="measured B1 map (any grid; resampled to the MESE grid) constraining both fits")
     b1_units = traits.Str("", usedefault=True, desc="Units of the B1 map sidecar ('percent' or relative)")
     b1_source = traits.Str("", usedefault=True, desc="where the B1 map comes from, for the sidecars")
@@ -49,7 +53,9 @@ class FitMESE(SimpleInterface):
         te = np.asarray(self.inputs.echo_times, dtype=np.float64)
         mask = np.asarray(nb.load(self.inputs.mask).dataobj) > 0 if self.inputs.mask else None
         tr = self.inputs.repetition_time
-        common = {"refocus_deg": self.inputs.refocus_deg}
+        profile = (None if self.inputs.refocus_width == 0
+                   else default_slice_profile(refocus_width_ratio=self.inputs.refocus_width))
+        common = {"refocus_deg": self.inputs.refocus_deg, "slice_profile": profile}
         single_grid = {"n_t2": 40, "n_b1": 15} if self.inputs.sloppy else {}
         wf_grid = {"n_t2": 24, "n_b1": 15} if self.inputs.sloppy else {}
         denoising = {}
@@ -84,7 +90,8 @@ class FitMESE(SimpleInterface):
                     "Window": f"{window}x{window} in-plane",
                     "MedianComponentsKept": int(np.median(kept)) if kept.size else 0}}
             single = t2fit.fit_t2_single(echoes, te, mask=mask, b1_map=b1_prior, **common, **single_grid)
-            water_fat = t2fit.fit_t2_water_fat(echoes, te, mask=mask, tr_s=tr, b1_map=b1_prior, **common, **wf_grid)
+            water_fat = t2fit.fit_t2_water_fat(echoes, te, mask=mask, tr_s=tr, b1_map=b1_prior, fat_t2_s=self.inputs.fat_t2,
+                                               **common, **wf_grid)
         except ValueError as err:
             raise ValueError(f"{self.inputs.in_file}: {err}") from None
         if b1_meta:  # near +B1Tolerance or -B1Tolerance: the echo trains disagree with the map
@@ -95,10 +102,15 @@ class FitMESE(SimpleInterface):
         for key, data in (("t2", single["t2_s"]), ("pd", single["pd"]), ("water_t2", water_fat["water_t2_s"]),
                           ("ff", water_fat["ff_percent"]), ("b1", water_fat["b1"])):
             self._results[key] = save_image(data.astype(np.float32), img.affine, f"mese_{key}.nii.gz", runtime.cwd)
+        profile_model = {"SliceProfileModel": "ideal slice" if profile is None else {
+            "Pulses": "Hann-windowed sinc, small-tip profile", "TimeBandwidth": DEFAULT_TIME_BANDWIDTH,
+            "RefocusingWidthRatio": self.inputs.refocus_width}}
         self._results["single_metadata"] = {
-            **t2fit.dictionary_description(te, model="single", **common, **single_grid), **denoising, **b1_meta}
+            **t2fit.dictionary_description(te, model="single", **common, **single_grid), **profile_model, **denoising,
+            **b1_meta}
         self._results["water_fat_metadata"] = {
-            **t2fit.dictionary_description(te, model="water_fat", tr_s=tr, **common, **wf_grid), **denoising, **b1_meta}
+            **t2fit.dictionary_description(te, model="water_fat", tr_s=tr, fat_t2_s=self.inputs.fat_t2, **common, **wf_grid),
+            **profile_model, **denoising, **b1_meta}
         return runtime
 
 
@@ -108,6 +120,7 @@ class _FitMEGREInputSpec(BaseInterfaceInputSpec):
     echo_times = traits.List(traits.Float, mandatory=True, desc="echo times in seconds")
     field_strength = traits.Float(mandatory=True, desc="MagneticFieldStrength in tesla")
     mask = File(exists=True, desc="foreground mask")
+    fat_model = traits.Enum("hamilton6", "single", usedefault=True, desc="fat spectrum")
 
 
 class _FitMEGREOutputSpec(TraitedSpec):
@@ -115,6 +128,10 @@ class _FitMEGREOutputSpec(TraitedSpec):
     r2star = File(desc="R2* (1/s)")
     b0 = File(desc="off-resonance (Hz)")
     metadata = traits.Dict(desc="sidecar fields")
+
+
+#: sidecar text of each fat spectrum of :func:`bids_muscle.qmri.fat_spectrum.fat_spectrum`
+FAT_MODEL_NAMES = {"hamilton6": "6-peak (Hamilton et al. 2011)", "single": "single peak at -3.4 ppm"}
 
 
 def _phase_radians(phase: np.ndarray) -> np.ndarray:
@@ -133,18 +150,20 @@ class FitMEGRE(SimpleInterface):
         magnitude, affine = load_series(list(self.inputs.magnitude))
         te = np.asarray(self.inputs.echo_times, dtype=np.float64)
         mask = np.asarray(nb.load(self.inputs.mask).dataobj) > 0 if self.inputs.mask else foreground_mask(magnitude[..., 0])
+        fat_model = self.inputs.fat_model
         meta = {"EchoTime": [round(float(t), 6) for t in te], "MagneticFieldStrength": self.inputs.field_strength,
-                "FatModel": "6-peak (Hamilton et al. 2011)"}
+                "FatModel": FAT_MODEL_NAMES[fat_model]}
         try:
             if self.inputs.phase:
                 phase, _ = load_series(list(self.inputs.phase))
                 signal = magnitude * np.exp(1j * _phase_radians(phase))
-                out = dixon.separate_water_fat(signal, te, self.inputs.field_strength, mask=mask)
+                out = dixon.separate_water_fat(signal, te, self.inputs.field_strength, mask=mask, fat_model=fat_model)
                 meta["Algorithm"] = ("complex multi-echo water-fat separation: variable projection over an off-resonance "
                                      "grid, field map grown across the image to avoid swaps, R2* fitted, "
                                      "fat fraction by magnitude discrimination")
             else:
-                out = dixon.fat_fraction_from_magnitude_echoes(magnitude, te, self.inputs.field_strength, mask=mask)
+                out = dixon.fat_fraction_from_magnitude_echoes(magnitude, te, self.inputs.field_strength, mask=mask,
+                                                               fat_model=fat_model)
                 meta["Algorithm"] = "magnitude-only multi-echo fit (fat fraction ambiguous above 50 %, water assumed dominant)"
         except ValueError as err:
             raise ValueError(f"{self.inputs.magnitude[0]}: {err}") from None

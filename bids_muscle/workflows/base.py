@@ -91,7 +91,7 @@ def init_participant_wf(
         "per-muscle tables were not computed"
         for rin in regions
         if not networks.get(rin.region)
-    ] + [refusal for rin in regions if (refusal := megre_refusal(rin))]
+    ] + [warning for rin in regions for warning in input_warnings(rin)]
     return workflow
 
 
@@ -124,6 +124,15 @@ def megre_refusal(rin: RegionInputs) -> str | None:
     except ValueError as err:
         return f"{rin.region}: {rin.megre_mag.files[0].name}: {err}"
     return None
+
+
+def input_warnings(rin: RegionInputs) -> list[str]:
+    """What the user should know about the region's inputs before trusting its maps."""
+    warnings = [refusal] if (refusal := megre_refusal(rin)) else []
+    if rin.mese is not None and rin.mese.metadata[0].get("RepetitionTime") is None:
+        warnings.append(f"{rin.region}: {rin.mese.files[0].name}: no RepetitionTime in the sidecar: the water/fat EPG "
+                        "fit assumes full T1 recovery, which reads fat fraction high when TR is short")
+    return warnings
 
 
 def _dixon_source(rin: RegionInputs) -> str | None:
@@ -280,8 +289,11 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
            "(Veraart et al. 2016; Does et al. 2019)" if config.mese_denoise == "mppca" else "")
         + " and fitted voxel-wise by extended phase graph (EPG) dictionary matching: a single-component "
         "echo-modulation-curve fit (Ben-Eliezer et al. 2015; Amer et al. 2022) gave T2 and proton density, "
-        "and a two-component water/fat model with fixed fat T2 and T1 (Marty et al. 2016) gave water T2, "
-        "fat fraction and B1."
+        f"and a two-component water/fat model with fixed fat T2 ({config.mese_fat_t2_ms:g} ms) and T1 (Marty et al. "
+        "2016) gave water T2, fat fraction and B1; both modelled the slice profile of "
+        + ("an ideal slice." if config.mese_refocus_width == 0 else
+           f"Hann-windowed sinc pulses with a refocusing slice {config.mese_refocus_width:g} times as thick as the "
+           "excited one.")
     )
     b1_prior = rin.b1_prior
     if b1_prior is not None:
@@ -303,6 +315,8 @@ def init_mese_wf(config: Config, rin: RegionInputs) -> Workflow:
             repetition_time=rin.mese.metadata[0].get("RepetitionTime"),
             sloppy=config.sloppy,
             denoise=config.mese_denoise,
+            fat_t2=config.mese_fat_t2_ms / 1000.0,
+            refocus_width=config.mese_refocus_width,
         ),
         name="fit_mese",
         n_procs=config.omp_nthreads,
@@ -356,8 +370,9 @@ def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
     complex_data = rin.megre_phase is not None
     workflow.__desc__ = (
         f"The multi-echo gradient echo ({len(rin.megre_mag.files)} echoes, TE {te_ms} ms, "
-        f"{rin.field_strength_t:g} T) was separated into water and fat with a 6-peak fat spectrum "
-        "(Hamilton et al. 2011; Yu et al. 2008) "
+        f"{rin.field_strength_t:g} T) was separated into water and fat with "
+        + ("a 6-peak fat spectrum (Hamilton et al. 2011; Yu et al. 2008) " if config.dixon_fat_model == "hamilton6"
+           else "a single-peak fat spectrum (-3.4 ppm) ")
         + ("by variable projection over an off-resonance grid with a spatially grown field map, also giving "
            "R2* and the B0 field map." if complex_data else
            "from the magnitude images only (fat fraction limited to 0-50 %, water assumed dominant).")
@@ -365,7 +380,7 @@ def init_dixon_wf(config: Config, rin: RegionInputs) -> Workflow:
     outputnode = pe.Node(niu.IdentityInterface(fields=["written", "ff", "r2star"]), name="outputnode")
     fit = pe.Node(
         FitMEGRE(magnitude=[str(f) for f in rin.megre_mag.files], echo_times=list(rin.megre_mag.echo_times_s),
-                 field_strength=rin.field_strength_t),
+                 field_strength=rin.field_strength_t, fat_model=config.dixon_fat_model),
         name="fit_megre",
         n_procs=config.omp_nthreads,
     )
@@ -515,6 +530,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str],
     written = []
     merge_dseg = pe.Node(niu.Merge(len(networks)), name="merge_dseg", run_without_submitting=True)
     merge_quality = pe.Node(niu.Merge(len(networks)), name="merge_quality", run_without_submitting=True)
+    merge_members = pe.Node(niu.Merge(len(networks)), name="merge_members", run_without_submitting=True)
     for k, network in enumerate(networks):
         seg = pe.Node(
             SegmentMuscles(region=rin.region, networks=[network], model_dir=config.model_dir, scales=list(config.seg_scales),
@@ -525,6 +541,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str],
         if dixon_pair:
             workflow.connect(inputnode, "dixon_stack", seg, "dixon_stack")
         workflow.connect(seg, ("quality", _first), merge_quality, f"in{k + 1}")
+        workflow.connect(seg, ("member_dsegs", _first), merge_members, f"in{k + 1}")
         ds = _sink(config, f"ds_dseg_{network}", {**ent, "desc": network}, "dseg", sources,
                    {"Description": f"individual muscles segmented by {network}", "LabelTable": f"desc-{network}_dseg.tsv"},
                    dtype="int16")
@@ -564,6 +581,7 @@ def init_segmentation_wf(config: Config, rin: RegionInputs, networks: list[str],
     workflow.connect([
         (merge_dseg, biomarkers, [("out", "dsegs")]),
         (merge_quality, biomarkers, [("out", "seg_quality")]),
+        (merge_members, biomarkers, [("out", "member_dsegs")]),
         (ds_region, biomarkers, [("out_file", "muscle_region")]),
     ])
     dixon_source = _dixon_source(rin)

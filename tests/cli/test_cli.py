@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bids_muscle.cli.run import build_parser, main, parse_config
@@ -44,6 +45,26 @@ def test_config_from_argv(tmp_path):
     assert cfg.bids_filters == {"mese": {"run": 1}} and cfg.regions == ("calf",) and cfg.sloppy
     assert cfg.plugin_args() == {}
     assert parse_config([str(tmp_path / "in"), str(tmp_path / "o"), "group"]).plugin_args()["n_procs"] >= 1
+
+
+def test_model_choices_default_to_the_fit_constants_and_are_checked(tmp_path, capsys):
+    from bids_muscle.qmri.epg import default_slice_profile
+    from bids_muscle.qmri.fat_spectrum import fat_spectrum
+    from bids_muscle.qmri.t2_dictionary import FAT_T2_S
+
+    base = [str(tmp_path / "in"), str(tmp_path / "out"), "participant"]
+    cfg = parse_config(base)
+    assert cfg.mese_fat_t2_ms == pytest.approx(FAT_T2_S * 1000.0)
+    assert cfg.mese_refocus_width == 1.0 and cfg.dixon_fat_model == "hamilton6"
+    assert np.array_equal(default_slice_profile().refocus_scale,
+                          default_slice_profile(refocus_width_ratio=cfg.mese_refocus_width).refocus_scale)
+    assert len(fat_spectrum(cfg.dixon_fat_model)[0]) == 6
+    cfg = parse_config(base + ["--mese-fat-t2", "151", "--mese-refocus-width", "0", "--dixon-fat-model", "single"])
+    assert (cfg.mese_fat_t2_ms, cfg.mese_refocus_width, cfg.dixon_fat_model) == (151.0, 0.0, "single")
+    for bad in (["--mese-fat-t2", "0.14"], ["--mese-refocus-width", "0.2"]):
+        with pytest.raises(SystemExit) as ex:
+            parse_config(base + bad)
+        assert ex.value.code == 2 and bad[0] in capsys.readouterr().err
 
 
 def test_output_inside_input_top_level_is_refused(tmp_path, capsys):
