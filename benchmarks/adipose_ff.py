@@ -19,7 +19,7 @@ default fat fraction in the Siemens subcutaneous band.
 from __future__ import annotations
 
 import numpy as np
-from bench_dixon import SHARED, TE_DIXON_S, _load, _per_slice
+from bench_dixon import SHARED, TE_DIXON_S, _load, _per_slice, load_ge
 from scipy import ndimage
 
 from bids_muscle.qmri.dixon import separate_water_fat
@@ -35,19 +35,7 @@ VARIANTS = (
 
 
 def ge_scan():
-    d = SHARED / "thigh_dixon_ge_masked"
-    names = ("40006-ORIG_DIXON_TE_345_TH", "40007-ORIG_DIXON_TE_460_TH", "40008-ORIG_DIXON_TE_575_TH")
-    mag = np.stack([_load(d / f"{n}-0000.nii.gz")[0] for n in names], axis=-1)
-    phase = np.stack([_load(d / "reference" / f"{n}-0001_m.nii.gz")[0] for n in names], axis=-1) * 1e-3
-    mask, in_affine = _load(d / "mask.nii.gz")
-    ref, ref_affine = _load(d / "reference" / "fatfraction.nii.gz")
-    offset = np.round(np.linalg.solve(in_affine, ref_affine[:, 3])[:3]).astype(int)
-    crop = tuple(slice(o, o + n) for o, n in zip(offset, ref.shape))
-    signal = (mag * np.exp(1j * phase))[crop]
-    mask = mask[crop] > 0
-    rms = np.sqrt(np.mean(np.abs(signal) ** 2, axis=-1))
-    tissue = mask & _per_slice(lambda s: ndimage.binary_erosion(s, iterations=2),
-                               rms > 0.15 * np.percentile(rms[mask], 99))
+    signal, mask, tissue, ref = load_ge()
     return signal, mask, tissue & (ref > 70), tissue & (ref < 30), ref
 
 

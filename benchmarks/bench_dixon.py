@@ -90,9 +90,9 @@ def _line(dataset, metric, value):
     print(f"{dataset:<24} {metric:<58} {value}")
 
 
-def bench_ge():
-    from bids_muscle.qmri.dixon import fat_fraction_from_magnitude_echoes, separate_water_fat
-
+def load_ge():
+    """The GE thigh echoes with musclemap's phase on the reference grid: complex signal, mask,
+    tissue part of the mask and musclemap's fat fraction."""
     d = SHARED / "thigh_dixon_ge_masked"
     names = ("40006-ORIG_DIXON_TE_345_TH", "40007-ORIG_DIXON_TE_460_TH", "40008-ORIG_DIXON_TE_575_TH")
     mag = np.stack([_load(d / f"{n}-0000.nii.gz")[0] for n in names], axis=-1)
@@ -106,6 +106,13 @@ def bench_ge():
     rms = np.sqrt(np.mean(np.abs(signal) ** 2, axis=-1))
     tissue = mask & _per_slice(lambda s: ndimage.binary_erosion(s, iterations=2),
                                rms > 0.15 * np.percentile(rms[mask], 99))
+    return signal, mask, tissue, ref
+
+
+def bench_ge():
+    from bids_muscle.qmri.dixon import fat_fraction_from_magnitude_echoes, separate_water_fat
+
+    signal, mask, tissue, ref = load_ge()
     name = "thigh_dixon_ge_masked"
     variants = (
         ("single-peak, common-phase FF", dict(fat_model="single", ff_method="common_phase")),
