@@ -3,8 +3,8 @@
 - ``docker_image``: the image of ``make image`` in a running Docker daemon
   (started here when ``dockerd`` is installed, we are root and none answers),
   built here (``docker/build-image.sh``) when it is missing or was built from
-  other sources than this checkout: minutes the first time, seconds to a
-  minute from the layer cache after a change of the package.
+  other sources than this checkout: minutes the first time, about two
+  minutes from the layer cache after a change of the package.
   ``BIDS_MUSCLE_BUILD_IMAGE=0`` skips the tests instead of building.
 - ``slurm``: a one-node Slurm (munged, slurmctld, slurmd on localhost, 2 CPUs,
   proctrack/linuxproc, no cgroups, all state in a temporary folder), started
