@@ -5,7 +5,10 @@
   built here (``docker/build-image.sh``) when it is missing or was built from
   other sources than this checkout: minutes the first time, about two
   minutes from the layer cache after a change of the package.
-  ``BIDS_MUSCLE_BUILD_IMAGE=0`` skips the tests instead of building.
+  ``BIDS_MUSCLE_BUILD_IMAGE=0`` skips the tests instead of building; a build
+  that fails (no package registry, no base image) skips them with its last
+  line, unless ``BIDS_MUSCLE_BUILD_IMAGE=1`` asks for the build, where it
+  fails them.
 - ``slurm``: a one-node Slurm (munged, slurmctld, slurmd on localhost, 2 CPUs,
   proctrack/linuxproc, no cgroups, all state in a temporary folder), started
   for the session and stopped at its end.
@@ -213,7 +216,12 @@ def docker_image(docker) -> str:
             pytest.skip(f"image {IMAGE} is missing or was built from other sources than this checkout "
                         f"({', '.join(stale[:3])}{' ...' if len(stale) > 3 else ''}) and BIDS_MUSCLE_BUILD_IMAGE=0")
         proc = subprocess.run(["docker/build-image.sh"], cwd=REPO, capture_output=True, text=True, timeout=3600)
-        assert proc.returncode == 0, "make image failed:\n" + proc.stdout[-3000:] + proc.stderr[-3000:]
+        if proc.returncode != 0:
+            log = (proc.stdout + proc.stderr).strip().splitlines()
+            if os.environ.get("BIDS_MUSCLE_BUILD_IMAGE") == "1":  # asked for: a failed build is a failure
+                pytest.fail("make image failed:\n" + "\n".join(log[-40:]))
+            pytest.skip(f"make image failed here (exit {proc.returncode}: {log[-1] if log else 'no output'}); "
+                        "BIDS_MUSCLE_BUILD_IMAGE=1 makes this a failure")
         stale = _stale_sources(docker)
         assert not stale, f"the image built from this checkout differs from it: {stale[:5]}"
     return IMAGE
