@@ -19,7 +19,7 @@ default fat fraction in the Siemens subcutaneous band.
 from __future__ import annotations
 
 import numpy as np
-from bench_dixon import SHARED, TE_DIXON_S, _load, _per_slice, load_ge
+from bench_dixon import SHARED, TE_DIXON_S, _per_slice, load_ge, load_siemens
 from scipy import ndimage
 
 from bids_muscle.qmri.dixon import separate_water_fat
@@ -40,13 +40,7 @@ def ge_scan():
 
 
 def siemens_scan():
-    d = SHARED / "thigh_dixon_siemens"
-    echoes = []
-    for mag_id, ph_id, te in (("0006", "0007", 345), ("0008", "0009", 460), ("0010", "0011", 575)):
-        mag, _ = _load(d / f"{mag_id}-Dixon_TE_{te}_th.nii.gz")
-        ph, _ = _load(d / f"{ph_id}-Dixon_TE_{te}_th.nii.gz")
-        echoes.append(mag * np.exp(1j * (ph - 2048.0) * np.pi / 2048.0))
-    signal = np.stack(echoes, axis=-1).astype(np.complex64)[:, :, 3:7]  # four central slices
+    signal = load_siemens()[:, :, 3:7]  # four central slices
     ip = np.abs(signal[..., 1])
     body = _per_slice(lambda s: ndimage.binary_fill_holes(ndimage.binary_opening(s, iterations=2)),
                       ip > 0.2 * np.percentile(ip, 99))

@@ -137,16 +137,21 @@ def bench_ge():
           f"{np.median(np.abs(mag_only - ref)[water_dom]):.3f}")
 
 
-def bench_siemens():
-    from bids_muscle.qmri.dixon import separate_water_fat
-
+def load_siemens() -> np.ndarray:
+    """The Siemens thigh echoes as complex images (scanner phase 0..4095 to radians)."""
     d = SHARED / "thigh_dixon_siemens"
     echoes = []
     for mag_id, ph_id, te in (("0006", "0007", 345), ("0008", "0009", 460), ("0010", "0011", 575)):
-        mag, affine = _load(d / f"{mag_id}-Dixon_TE_{te}_th.nii.gz")
+        mag, _ = _load(d / f"{mag_id}-Dixon_TE_{te}_th.nii.gz")
         ph, _ = _load(d / f"{ph_id}-Dixon_TE_{te}_th.nii.gz")
         echoes.append(mag * np.exp(1j * (ph - 2048.0) * np.pi / 2048.0))
-    signal = np.stack(echoes, axis=-1).astype(np.complex64)
+    return np.stack(echoes, axis=-1).astype(np.complex64)
+
+
+def bench_siemens():
+    from bids_muscle.qmri.dixon import separate_water_fat
+
+    signal = load_siemens()
     t0 = time.perf_counter()
     out = separate_water_fat(signal, TE_DIXON_S, 3.0)
     dt = time.perf_counter() - t0
