@@ -46,10 +46,9 @@ def _mask_on_grid(path: str, target) -> np.ndarray:
     return mask > 0
 
 
-def _map_statistics(seg: np.ndarray, seg_img, grids: dict, labels, erode_mm: float) -> pd.DataFrame:
-    """``label``, ``volume_ml`` and the statistics of every map of ``grids`` inside the labels ``seg``
-    (on the grid of ``seg_img``; maps on other grids get resampled labels)."""
-    table = muscle_table(seg, voxel_sizes(seg_img.affine), labels)[["label", "volume_ml"]]
+def _map_statistics(table: pd.DataFrame, seg: np.ndarray, seg_img, grids: dict, labels, erode_mm: float) -> pd.DataFrame:
+    """``table`` (one row per ``label``) with the statistics of every map of ``grids`` inside the labels
+    ``seg`` (on the grid of ``seg_img``; maps on other grids get resampled labels)."""
     for grid in grids.values():
         img = grid["img"]
         seg_here = seg if _grid_key(img) == _grid_key(seg_img) else resample_labels(seg, seg_img.affine, img.shape[:3], img.affine)
@@ -79,7 +78,7 @@ def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], ero
     base = muscle_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"],
                         muscle_region_mask=masks["region"], erode_mm=erode_mm)
     slices = slice_table(seg, voxel_sizes(seg_img.affine), labels, imat_mask=masks["imat"], muscle_region_mask=masks["region"])
-    base = base.merge(_map_statistics(seg, seg_img, grids, labels, erode_mm).drop(columns="volume_ml"), on="label", how="left")
+    base = _map_statistics(base, seg, seg_img, grids, labels, erode_mm)
     for grid in grids.values():
         img = grid["img"]
         if _grid_key(img) == _grid_key(seg_img):
@@ -91,7 +90,9 @@ def biomarker_tables(dseg_file: str, region: str, map_files: dict[str, str], ero
         stack = np.asarray(nb.load(members_file).dataobj).astype(np.int32)
         if stack.shape[:3] != seg.shape:
             raise ValueError(f"{members_file}: ensemble member labels {stack.shape[:3]} are not on the grid of {dseg_file} {seg.shape}")
-        members = [_map_statistics(stack[..., m], seg_img, grids, labels, erode_mm) for m in range(stack.shape[3])]
+        members = [_map_statistics(muscle_table(member, voxel_sizes(seg_img.affine), labels)[["label", "volume_ml"]],
+                                   member, seg_img, grids, labels, erode_mm)
+                   for member in np.moveaxis(stack, 3, 0)]
     return add_standard_errors(base, members), slices, sorted({m for g in grids.values() for m in g["maps"]})
 
 
